@@ -1,0 +1,236 @@
+"""The ``corruptencoder`` command: one verb per stage of the data flow.
+
+Heavy imports (torch, Lightning) happen inside the verbs that need them, so ``craft`` and
+``--help`` start fast and work without PyTorch. Bad input ends with one ``error:`` line on
+stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from corruptencoder import __version__
+from corruptencoder.errors import ConfigError, UserError
+
+log = logging.getLogger("corruptencoder")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage mistakes are one line like every other error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
+
+
+def _default_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# craft
+
+
+def _add_craft(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "craft",
+        help="craft poisoned images (CorruptEncoder, CorruptEncoder+, SSL-Backdoor)",
+        description="Craft poisoned images into an output folder with manifest.jsonl, poisons.txt and the "
+        "triggers. Give an attack and its options, or --config FILE for several targets.",
+    )
+    p.add_argument("attack", nargs="?", choices=["corruptencoder", "corruptencoder-plus", "ssl-backdoor"],
+                   help="attack to craft (omit with --config)")
+    p.add_argument("--config", type=Path, help="YAML/JSON crafting config (several targets); options below override it")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set targets.0.alpha=0.4 (repeatable)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (refused if it exists, see --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    g = p.add_argument_group("target")
+    g.add_argument("--target", help="target class name (default: the references folder's name)")
+    g.add_argument("--task", help="downstream task the target belongs to (recorded in the manifest)")
+    g.add_argument("--references", nargs="+", help="reference objects/images: folders, files or file lists; "
+                   "'builtin' for the offline demo assets")
+    g.add_argument("--backgrounds", nargs="+", help="background images: folders (recursive) or file lists")
+    g.add_argument("--support", nargs="+", help="support reference images (corruptencoder-plus)")
+    g.add_argument("--num", type=int, help="number of poisoned images N (default 650)")
+    g.add_argument("--trigger", help="random (default) | white | purple | black | path to an image")
+    g.add_argument("--trigger-size", help="trigger size in pixels: 40 (default) or WxH")
+    g.add_argument("--trigger-seed", type=int, help="seed of a random trigger (default: from the target name)")
+    g.add_argument("--alpha", type=float, help="object bbox area / poison area, in (0, 1) (default 0.5)")
+    g.add_argument("--beta", type=float, help="central fraction of the free rectangle for the trigger (default 0.5)")
+    g.add_argument("--layout", choices=["random", "wide", "high", "wide-left", "wide-right"],
+                   help="Algorithm 2 layout (default random)")
+    g.add_argument("--reference-mode", choices=["object", "image"],
+                   help="embed the masked object (default) or the whole reference image (Table 7)")
+    g.add_argument("--support-ratio", type=float, help="fraction of N that are support poisons (default 0.2)")
+    g.add_argument("--location", nargs=2, type=float, metavar=("LO", "HI"),
+                   help="SSL-Backdoor trigger range as image fractions (default 0.25 0.75)")
+    g.add_argument("--object-label", action="append", help="labelme label(s) of the object (default: all but cut)")
+    g.add_argument("--cut-label", action="append", help="labelme label(s) that cut holes (default: nmask)")
+    o = p.add_argument_group("output")
+    o.add_argument("--seed", type=int, help="random seed (default 0); same seed, same bytes")
+    o.add_argument("--workers", type=int, help=f"parallel processes (default {_default_workers()})")
+    o.add_argument("--format", choices=["png", "jpeg"], help="image format (default png)")
+    o.add_argument("--max-size", type=int, help="cap on a poison's longer side in px (default 800)")
+    o.add_argument("--soft-edge", type=float, help="Gaussian radius feathering the object mask (default 1; 0 = hard)")
+    o.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_craft)
+
+
+_TARGET_FLAGS = {
+    "target": "name", "task": "task", "references": "references", "backgrounds": "backgrounds",
+    "support": "support", "num": "num", "trigger": "trigger", "trigger_size": "trigger_size",
+    "trigger_seed": "trigger_seed", "alpha": "alpha", "beta": "beta", "layout": "layout",
+    "reference_mode": "reference_mode", "support_ratio": "support_ratio", "location": "location",
+    "object_label": "object_labels", "cut_label": "cut_labels",
+}
+_FLAG_OF = {dest: "--" + flag.replace("_", "-") for flag, dest in _TARGET_FLAGS.items()}
+_RUN_FLAGS = {"seed": "seed", "workers": "workers", "format": "format", "max_size": "max_size",
+              "soft_edge": "soft_edge"}
+
+
+def craft_config_from_args(args: argparse.Namespace) -> Any:
+    from corruptencoder.assets import resolve_builtin
+    from corruptencoder.poison.config import CraftConfig
+    from corruptencoder.utils.config import apply_overrides, read_mapping, validate
+
+    data: dict[str, Any] = read_mapping(args.config) if args.config else {}
+    target_flags = {dest: getattr(args, flag) for flag, dest in _TARGET_FLAGS.items() if getattr(args, flag) is not None}
+    if args.attack:
+        target_flags["attack"] = args.attack
+    if args.config:
+        if target_flags:
+            targets = data.get("targets") or []
+            if len(targets) != 1:
+                raise UserError(f"{args.config}: target options on the command line need exactly one target in "
+                                "the config; use --set targets.N.key=value instead")
+            targets[0].update(target_flags)
+    else:
+        if not args.attack:
+            raise UserError("craft needs an attack (corruptencoder, corruptencoder-plus, ssl-backdoor) or --config")
+        if "references" not in target_flags:
+            raise UserError("craft needs --references (a folder, files or 'builtin')")
+        target_flags.setdefault("name", _default_target_name(target_flags["references"]))
+        data["targets"] = [target_flags]
+    for flag, dest in _RUN_FLAGS.items():
+        if getattr(args, flag) is not None:
+            data[dest] = getattr(args, flag)
+    data.setdefault("workers", _default_workers())
+    data = apply_overrides(data, args.overrides)
+    for t in data.get("targets") or []:
+        if isinstance(t, dict):
+            name = t.get("name") or "target"
+            for key in ("references", "backgrounds", "support"):
+                if key in t:
+                    vals = [t[key]] if isinstance(t[key], str) else t[key]
+                    t[key] = [str(resolve_builtin(v, key, name)) for v in vals]
+    if args.config:
+        return validate(CraftConfig, data, str(args.config))
+    try:
+        return validate(CraftConfig, data, "craft")
+    except ConfigError as exc:  # name the flag the user typed, not the config path it became
+        message = re.sub(r"targets\.0\.(\w+)", lambda m: _FLAG_OF.get(m.group(1), m.group(1)), str(exc))
+        raise ConfigError(message.replace("craft: ", "", 1).replace("targets.0: ", "")) from None
+
+
+def _default_target_name(references: Sequence[str]) -> str:
+    first = Path(references[0])
+    if str(references[0]).startswith("builtin"):
+        from corruptencoder.assets import BUILTIN_TARGET
+
+        return BUILTIN_TARGET
+    name = first.name if first.is_dir() else first.parent.name
+    return "".join(ch if ch.isalnum() or ch in "._+-" else "-" for ch in name).strip("-.") or "target"
+
+
+def _cmd_craft(args: argparse.Namespace) -> int:
+    from corruptencoder.poison.craft import craft
+
+    config = craft_config_from_args(args)
+    summary = craft(config, args.out, overwrite=args.overwrite, progress=not args.quiet)
+    per = ", ".join(f"{k}: {v}" for k, v in summary.per_target.items())
+    print(f"crafted {summary.num} poisons ({per}) in {summary.seconds:.1f} s "
+          f"({summary.per_second:.0f}/s) -> {summary.out}")
+    if summary.skipped_backgrounds:
+        print(f"skipped {len(summary.skipped_backgrounds)} unreadable background(s); listed in {summary.out}/craft.json")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# show
+
+
+def _add_show(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("show", help="draw a grid of poisons with object and trigger boxes outlined",
+                       description="Draw a contact sheet of crafted poisons: object boxes green, triggers red.")
+    p.add_argument("poisons", type=Path, help="a folder written by 'corruptencoder craft'")
+    p.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    p.add_argument("--num", type=int, default=16, help="how many poisons (default 16)")
+    p.add_argument("--cols", type=int, default=4, help="grid columns (default 4)")
+    p.add_argument("--cell", type=int, default=192, help="cell size in px (default 192)")
+    p.add_argument("--target", help="only this target's poisons")
+    p.add_argument("--seed", type=int, default=0, help="which poisons to sample (default 0)")
+    p.set_defaults(func=_cmd_show)
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from corruptencoder.poison.show import poison_grid
+
+    if args.num < 1 or args.cols < 1 or args.cell < 16:
+        raise UserError("--num and --cols must be at least 1 and --cell at least 16")
+    grid = poison_grid(args.poisons, num=args.num, cols=args.cols, cell=args.cell, target=args.target, seed=args.seed)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(args.out)
+    print(f"wrote {args.out} ({grid.size[0]}x{grid.size[1]})")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+
+VERBS: list[Callable[[argparse._SubParsersAction], None]] = [_add_craft, _add_show]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="corruptencoder", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"corruptencoder {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
+    for add in VERBS:
+        add(sub)
+    return parser
+
+
+def _setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for noisy in ("PIL", "matplotlib", "lightning", "lightning.pytorch", "lightning.fabric", "torch"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing half-written was left behind", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data: file collections, the offline demo world, poisoned pre-training sets."""

@@ -1,0 +1,98 @@
+"""Triggers: a seeded random patch (the paper's default), white, purple, or an image file.
+
+A trigger is resolved once into an RGB uint8 array and saved next to the poisons
+(``triggers/<target>.png``) so evaluation pastes exactly the same pixels into test images.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from corruptencoder.errors import ConfigError
+from corruptencoder.utils.imageio import load_rgb
+
+#: Solid-colour triggers of the paper's Figure 10.
+SOLID_COLOURS: dict[str, tuple[int, int, int]] = {
+    "white": (255, 255, 255),
+    "purple": (128, 0, 128),
+    "black": (0, 0, 0),
+}
+KINDS = ("random", *SOLID_COLOURS)
+
+
+def parse_size(size: int | str | tuple[int, int] | list[int] | None) -> tuple[int, int] | None:
+    """``40`` -> (40, 40); ``"40x20"`` -> (40, 20) as (width, height)."""
+    if size is None:
+        return None
+    if isinstance(size, (tuple, list)):
+        if len(size) != 2:
+            raise ConfigError(f"trigger size {size!r} must be one number or [width, height]")
+        w, h = (int(v) for v in size)
+    elif isinstance(size, str):
+        m = re.fullmatch(r"\s*(\d+)\s*(?:[xX*]\s*(\d+))?\s*", size)
+        if not m:
+            raise ConfigError(f"trigger size {size!r} is not a number or WxH, e.g. 40 or 40x20")
+        w = int(m.group(1))
+        h = int(m.group(2) or m.group(1))
+    else:
+        w = h = int(size)
+    if w < 1 or h < 1:
+        raise ConfigError(f"trigger size {w}x{h} must be at least 1x1 pixel")
+    return w, h
+
+
+def default_trigger_seed(target: str) -> int:
+    """A stable per-target seed, so each target gets its own random trigger and attacks on the same
+    target share it regardless of the crafting seed."""
+    return zlib.crc32(target.encode("utf-8")) & 0x7FFFFFFF
+
+
+@dataclass(frozen=True)
+class TriggerSpec:
+    """What the user asked for: ``kind`` is random/white/purple/black or an image path."""
+
+    kind: str
+    size: tuple[int, int] | None = (40, 40)
+    seed: int | None = None
+
+    @property
+    def is_image(self) -> bool:
+        return self.kind not in KINDS
+
+    def describe(self) -> dict:
+        return {"kind": "image" if self.is_image else self.kind,
+                "path": self.kind if self.is_image else None,
+                "size": list(self.size) if self.size else None, "seed": self.seed}
+
+
+def make_trigger(spec: TriggerSpec) -> np.ndarray:
+    """Resolve a trigger spec into an (h, w, 3) uint8 array."""
+    if spec.is_image:
+        path = Path(spec.kind)
+        if not path.exists():
+            raise ConfigError(
+                f"trigger {spec.kind!r} is neither one of {', '.join(KINDS)} nor an existing image file"
+            )
+        im = load_rgb(path)
+        if spec.size and im.size != spec.size:
+            im = im.resize(spec.size, Image.Resampling.LANCZOS)
+        return np.asarray(im, dtype=np.uint8).copy()
+    if spec.size is None:
+        raise ConfigError(f"a {spec.kind} trigger needs a size, e.g. --trigger-size 40")
+    w, h = spec.size
+    if spec.kind == "random":
+        seed = 0 if spec.seed is None else spec.seed
+        return np.random.default_rng(seed).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+    colour = np.asarray(SOLID_COLOURS[spec.kind], dtype=np.uint8)
+    return np.broadcast_to(colour, (h, w, 3)).copy()
+
+
+def load_trigger_file(path: str | Path) -> np.ndarray:
+    """Read a trigger saved by ``craft`` (exact pixels, no resizing)."""
+    return np.asarray(load_rgb(path), dtype=np.uint8).copy()

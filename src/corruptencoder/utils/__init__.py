@@ -1,0 +1,1 @@
+"""Small shared helpers: safe image I/O, atomic outputs, config loading."""
