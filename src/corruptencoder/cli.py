@@ -190,9 +190,165 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+
+# ---------------------------------------------------------------------------------------------
+# pretrain
+
+
+def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pretrain", help="pre-train an encoder (MoCo-v2, SimCLR, SwAV, MSF, BYOL) on clean + poisoned images",
+        description="Contrastive pre-training with Lightning (CPU or GPUs with DDP). Writes OUT/encoder.pt, "
+        "checkpoints (for --resume), logs/metrics.csv and run.json. Flags override the config file, which "
+        "overrides the --preset.")
+    p.add_argument("--config", type=Path, help="YAML/JSON pre-training config")
+    p.add_argument("--preset", help="scale preset: cpu-tiny | cpu-small | gpu-small | paper")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set method.queue_size=4096 (repeatable)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    g = p.add_argument_group("shortcuts for common keys")
+    g.add_argument("--method", choices=["moco", "simclr", "swav", "msf", "byol"], help="method.name (default moco)")
+    g.add_argument("--data", help="data.clean: ImageFolder root, folder or file list ('demo' = the demo world)")
+    g.add_argument("--classes", help="data.classes: class list, e.g. imagenet100_A.txt")
+    g.add_argument("--poisons", nargs="+", help="data.poisons: folders written by 'craft'")
+    g.add_argument("--image-size", type=int, help="data.image_size")
+    g.add_argument("--backbone", help="backbone.name: resnet18 | resnet34 | resnet50 | small_cnn | timm:<name>")
+    g.add_argument("--width", type=float, help="backbone.width multiplier")
+    g.add_argument("--epochs", type=int, help="optim.epochs")
+    g.add_argument("--batch-size", type=int, help="optim.batch_size")
+    g.add_argument("--lr", type=float, help="optim.lr per 256 images")
+    g.add_argument("--crop", choices=["random", "localized", "none"], help="views.crop (defences: localized, none)")
+    g.add_argument("--delta", type=float, help="views.delta for localized cropping (default 0.2)")
+    g.add_argument("--devices", help="trainer.devices (DDP when > 1)")
+    g.add_argument("--accelerator", choices=["auto", "cpu", "gpu"], help="trainer.accelerator")
+    g.add_argument("--seed", type=int, help="trainer.seed")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_pretrain)
+
+
+_PRETRAIN_FLAGS = {
+    "method": "method.name", "data": "data.clean", "classes": "data.classes", "poisons": "data.poisons",
+    "image_size": "data.image_size", "backbone": "backbone.name", "width": "backbone.width", "epochs": "optim.epochs",
+    "batch_size": "optim.batch_size", "lr": "optim.lr", "crop": "views.crop", "delta": "views.delta",
+    "devices": "trainer.devices", "accelerator": "trainer.accelerator", "seed": "trainer.seed",
+}
+
+
+def flags_to_overrides(args: argparse.Namespace, mapping: dict[str, str]) -> list[str]:
+    import json as _json
+
+    out = []
+    for flag, key in mapping.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            out.append(f"{key}={_json.dumps(value) if isinstance(value, list) else value}")
+    return out
+
+
+def pretrain_config_from_args(args: argparse.Namespace) -> Any:
+    from corruptencoder.presets import apply_preset
+    from corruptencoder.ssl.config import PretrainConfig
+    from corruptencoder.utils.config import apply_overrides, read_mapping, validate
+
+    data: dict[str, Any] = read_mapping(args.config) if args.config else {}
+    data = apply_overrides(data, flags_to_overrides(args, _PRETRAIN_FLAGS) + list(args.overrides))
+    if isinstance(data.get("method"), str):
+        data["method"] = {"name": data["method"]}
+    clean = (data.get("data") or {}).get("clean")
+    if clean == "demo":
+        from corruptencoder.demo import demo_world
+
+        data["data"]["clean"] = str(demo_world() / "pretrain")
+    data = apply_preset(args.preset, data)
+    return validate(PretrainConfig, data, str(args.config) if args.config else "pretrain options")
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from corruptencoder.ssl.train import pretrain
+
+    cfg = pretrain_config_from_args(args)
+    res = pretrain(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    print(f"pre-trained {cfg.method.name} for {res.epochs} epochs on {res.num_images} images "
+          f"({res.num_poisons} poisons) in {res.seconds:.0f} s ({res.images_per_second:.0f} img/s) -> {res.encoder}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# analyze
+
+
+def _add_analyze(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("analyze", help="analyses that need no training (crop pairs)",
+                       description="Analyses of poisons and defences that need no training.")
+    asub = p.add_subparsers(dest="analysis", metavar="ANALYSIS", parser_class=_Parser)
+    c = asub.add_parser(
+        "crops", help="Monte-Carlo: how often one view is the object and the other holds the trigger",
+        description="Estimate, with the pre-training crop samplers, the probability that one view covers mainly "
+        "the reference object while the other contains the trigger (split) and that one view contains both, for a "
+        "poison folder's manifest boxes and/or a grid of alpha and beta; compare random crops, localized cropping "
+        "and no cropping.")
+    c.add_argument("poisons", nargs="?", type=Path, help="poison folder from 'craft' (omit for the alpha/beta grid only)")
+    c.add_argument("--method", default="moco", choices=["moco", "simclr", "swav", "msf", "byol"],
+                   help="whose crop scale to use (default moco: 0.2-1.0)")
+    c.add_argument("--policies", nargs="+", default=["random", "localized", "none"],
+                   choices=["random", "localized", "none"], help="view policies to compare")
+    c.add_argument("--delta", type=float, default=0.2, help="localized cropping delta (default 0.2)")
+    c.add_argument("--pairs", type=int, default=200, help="view pairs per poison (default 200)")
+    c.add_argument("--alphas", nargs="+", type=float, default=[0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
+    c.add_argument("--betas", nargs="+", type=float, default=[0.1, 0.3, 0.5, 0.7, 0.9])
+    c.add_argument("--no-grid", action="store_true", help="skip the alpha/beta grid")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--json", type=Path, help="also write the numbers as JSON")
+    c.set_defaults(func=_cmd_analyze_crops)
+    p.set_defaults(func=lambda a: (p.print_help(), 0)[1])
+
+
+def _cmd_analyze_crops(args: argparse.Namespace) -> int:
+    import json as _json
+
+    from corruptencoder.analysis.crop_pairs import estimate, poisons_from_manifest, policy_for, sweep
+    from corruptencoder.poison.manifest import read_manifest
+
+    result: dict[str, Any] = {"method": args.method, "delta": args.delta}
+    if args.pairs < 1:
+        raise UserError("--pairs must be at least 1")
+    if args.poisons:
+        boxes = poisons_from_manifest(read_manifest(args.poisons))
+        if not boxes:
+            raise UserError(f"{args.poisons}: no poison with both an object box and a trigger box "
+                            "(SSL-Backdoor and support poisons have no object box)")
+        print(f"{args.poisons}: {len(boxes)} poisons, {args.pairs} view pairs each, {args.method} crops")
+        print(f"{'policy':<12}{'split':>8}{'both':>8}{'P(obj view)':>13}{'P(trig view)':>14}{'P(one obj)':>12}")
+        result["folder"] = {}
+        for pol in args.policies:
+            s = estimate(boxes, policy_for(args.method, pol, args.delta), args.pairs, args.seed)
+            result["folder"][pol] = s.as_dict()
+            print(f"{pol:<12}{s.split:>8.3f}{s.both:>8.3f}{s.object_view:>13.3f}{s.trigger_view:>14.3f}{s.one_object:>12.3f}")
+    if not args.no_grid:
+        for pol in args.policies:
+            rows = sweep(args.alphas, args.betas, policy_for(args.method, pol, args.delta), max(20, args.pairs // 2),
+                         args.seed)
+            result.setdefault("grid", {})[pol] = rows
+            print(f"\nP(split) / P(both) over alpha (rows) and beta (columns), {pol} crops; "
+                  "last column: 2*alpha*(1-alpha) vs measured P(exactly one object view)")
+            print("alpha " + "".join(f"{'beta=' + format(b, 'g'):>14}" for b in args.betas) + f"{'2a(1-a) | meas':>18}")
+            for a in args.alphas:
+                cells = [r for r in rows if r["alpha"] == a]
+                txt = "".join(f"{r['split']:>7.3f}/{r['both']:<6.3f}" if r["split"] == r["split"] else f"{'n/a':>14}"
+                              for r in cells)
+                meas = next((r.get("one_object") for r in cells if r.get("one_object") == r.get("one_object")), float("nan"))
+                print(f"{a:<6g}{txt}{2 * a * (1 - a):>10.3f} | {meas:.3f}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(_json.dumps(result, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
 # ---------------------------------------------------------------------------------------------
 
-VERBS: list[Callable[[argparse._SubParsersAction], None]] = [_add_craft, _add_show]
+VERBS: list[Callable[[argparse._SubParsersAction], None]] = [_add_craft, _add_show, _add_pretrain, _add_analyze]
 
 
 def build_parser() -> argparse.ArgumentParser:

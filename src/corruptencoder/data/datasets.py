@@ -1,0 +1,164 @@
+"""PyTorch datasets over file lists: decode once, skip unreadable files, crop on small tensors.
+
+:class:`ImageStore` decodes every image once into memory when the set is small enough (the demo
+world, CIFAR-sized sets), or per access otherwise (ImageNet on a GPU box, with loader workers).
+An unreadable file is skipped with a warning and counted (in memory, and in ``skip_log`` when
+given, so worker processes report too), never a crash in the middle of an epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from corruptencoder.errors import ImageError
+from corruptencoder.utils.imageio import load_rgb
+
+log = logging.getLogger(__name__)
+
+#: Decoded-cache budget for ``cache: auto``.
+AUTO_CACHE_BYTES = 3 * 1024**3
+
+
+def decode_tensor(path: str | os.PathLike, short_side: int | None) -> torch.Tensor:
+    """Decode to a uint8 (3, H, W) tensor whose shorter side is at most ``short_side``."""
+    im = load_rgb(path, draft_short_side=short_side)
+    if short_side and min(im.size) > short_side:
+        s = short_side / min(im.size)
+        im = im.resize((max(1, round(im.size[0] * s)), max(1, round(im.size[1] * s))), Image.Resampling.BILINEAR,
+                       reducing_gap=2.0)
+    return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+
+
+class ImageStore:
+    """Images by index; decoded once (``cache=True``) or on every access."""
+
+    def __init__(self, files: Sequence[str | os.PathLike], short_side: int | None = None, cache: bool | str = "auto",
+                 progress: bool = False, skip_log: str | os.PathLike | None = None) -> None:
+        self.files = [str(f) for f in files]
+        self.short_side = short_side
+        self.skip_log = str(skip_log) if skip_log else None
+        self.skipped: dict[str, str] = {}
+        if cache == "auto":
+            side = short_side or 256
+            cache = len(self.files) * side * side * 3 * 1.4 <= AUTO_CACHE_BYTES
+        self.cached: list[torch.Tensor | None] | None = None
+        if cache:
+            self.cached = self._decode_all(progress)
+
+    def _decode_all(self, progress: bool) -> list[torch.Tensor | None]:
+        from tqdm import tqdm
+
+        out: list[torch.Tensor | None] = []
+        for f in tqdm(self.files, desc="decoding", unit="img", disable=not progress, leave=False):
+            out.append(self._try(f))
+        if self.skipped:
+            log.warning("skipped %d unreadable image(s), e.g. %s", len(self.skipped), next(iter(self.skipped.values())))
+        if all(t is None for t in out):
+            raise ImageError(f"none of the {len(out)} images could be decoded, e.g. {self.files[0]}")
+        return out
+
+    def _try(self, path: str) -> torch.Tensor | None:
+        try:
+            return decode_tensor(path, self.short_side)
+        except ImageError as exc:
+            if path not in self.skipped:
+                self.skipped[path] = str(exc)
+                if self.cached is not None or self.skip_log:
+                    log.warning("skipping unreadable image: %s", exc)
+                if self.skip_log:
+                    with open(self.skip_log, "a", encoding="utf-8") as fh:
+                        fh.write(f"{path}\t{exc}\n")
+            return None
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def get(self, index: int) -> tuple[torch.Tensor, int]:
+        """The image at ``index``, or the next readable one (deterministic), and the index used."""
+        n = len(self.files)
+        for k in range(n):
+            i = (index + k) % n
+            img = self.cached[i] if self.cached is not None else self._try(self.files[i])
+            if img is not None:
+                return img, i
+        raise ImageError("no readable image left in the data set")
+
+
+def _worker_rng() -> np.random.Generator:
+    # torch seeds every loader worker differently (and reproducibly with Lightning's
+    # seed_everything(workers=True)); derive numpy's generator from it.
+    return np.random.default_rng(torch.initial_seed() % (2**63))
+
+
+class ViewDataset(Dataset):
+    """Unlabelled images -> (list of uint8 views, index) for contrastive pre-training."""
+
+    def __init__(self, store: ImageStore, crop: Callable[[torch.Tensor, np.random.Generator], list[torch.Tensor]]) -> None:
+        self.store = store
+        self.crop = crop
+        self._rng: np.random.Generator | None = None
+        self._pid = -1
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitem__(self, index: int) -> tuple[list[torch.Tensor], int]:
+        if self._rng is None or self._pid != os.getpid():
+            self._rng, self._pid = _worker_rng(), os.getpid()
+        img, _ = self.store.get(index)
+        return self.crop(img, self._rng), index
+
+
+def center_crop_tensor(img: torch.Tensor, resize: int, size: int) -> torch.Tensor:
+    """Evaluation transform: shorter side to ``resize``, then the central ``size`` square."""
+    from torchvision.transforms.v2 import functional as TF
+
+    img = TF.resize(img, [resize], antialias=True)
+    return TF.center_crop(img, [size, size])
+
+
+class LabelledDataset(Dataset):
+    """Labelled images -> (uint8 (3, size, size), label, index), resize + centre crop; an optional
+    per-index ``transform`` (e.g. pasting a trigger) runs on the cropped tensor."""
+
+    def __init__(self, store: ImageStore, labels: Sequence[int], size: int, resize: int | None = None,
+                 transform: Callable[[torch.Tensor, int], torch.Tensor] | None = None) -> None:
+        self.store = store
+        self.labels = list(labels)
+        self.size = size
+        self.resize = resize or int(round(size * 256 / 224))
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        img, _ = self.store.get(index)
+        img = center_crop_tensor(img, self.resize, self.size)
+        if self.transform is not None:
+            img = self.transform(img, index)
+        return img, self.labels[index], index
+
+
+def collate_views(batch: list[tuple[list[torch.Tensor], int]]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    views = list(zip(*[b[0] for b in batch]))
+    return [torch.stack(v) for v in views], torch.tensor([b[1] for b in batch], dtype=torch.long)
+
+
+def read_skip_log(path: str | os.PathLike) -> dict[str, str]:
+    p = Path(path)
+    if not p.is_file():
+        return {}
+    out: dict[str, str] = {}
+    for line in p.read_text(encoding="utf-8").splitlines():
+        f, _, why = line.partition("\t")
+        out.setdefault(f, why)
+    return out

@@ -1,0 +1,31 @@
+"""The offline demo world used by ``corruptencoder demo`` and ``--data demo``.
+
+Generated once by code into the cache folder (no download): 64 px images of 10 visual object
+classes on procedural scene backgrounds, an unlabelled pre-training split, a labelled downstream
+split, reference objects with masks and support images of the target class, and backgrounds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from corruptencoder.assets import cache_dir
+
+DEMO_TARGET = "fish"
+DEMO_COUNTS = {
+    "n_pretrain": 5000,
+    "n_train_per_class": 100,
+    "n_test_per_class": 100,
+    "n_references": 3,
+    "n_support": 5,
+    "n_backgrounds": 650,
+}
+
+
+def demo_world(image_size: int = 64, seed: int = 0, progress: bool = False, **counts: int) -> Path:
+    """Path of the demo world (generated on first use, then reused)."""
+    from corruptencoder.data.synthetic import WorldConfig, ensure_world
+
+    merged = {**DEMO_COUNTS, **counts}
+    return ensure_world(cache_dir() / "worlds", WorldConfig(image_size=image_size, seed=seed), target=DEMO_TARGET,
+                        progress=progress, **merged)

@@ -1,0 +1,108 @@
+"""What every contrastive method shares (solo-learn style): backbone, views, optimizer, schedule,
+batched colour augmentation on the device, logging, momentum-encoder plumbing and the export of
+``encoder.pt``. A method file only adds its heads and its loss.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from corruptencoder.ssl.augment import apply_colour
+from corruptencoder.ssl.backbones import backbone_spec, build_backbone
+from corruptencoder.ssl.config import PretrainConfig
+from corruptencoder.ssl.encoder import save_encoder
+from corruptencoder.ssl.optim import build_optimizer, warmup_cosine
+from corruptencoder.ssl.views import ViewPlan, view_plan
+
+
+class SSLMethod(L.LightningModule):
+    name = "base"
+
+    def __init__(self, config: PretrainConfig | dict[str, Any]) -> None:
+        super().__init__()
+        cfg = config if isinstance(config, PretrainConfig) else PretrainConfig.model_validate(config)
+        self.cfg = cfg
+        # the config travels in every checkpoint, so --resume rebuilds the same model
+        self.save_hyperparameters({"config": cfg.model_dump(mode="json")})
+        b = cfg.backbone
+        self.spec = backbone_spec(b.name, b.width, b.small_stem, cfg.data.image_size)
+        self.backbone = build_backbone(self.spec)
+        self.feat_dim = int(self.backbone.out_dim)
+        self.plan: ViewPlan = view_plan(cfg)
+        self.build()
+        if cfg.trainer.channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    # -- to be provided by each method -------------------------------------------------------
+    def build(self) -> None:
+        """Create heads, momentum copies, queues."""
+
+    def compute_loss(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    # -- shared ------------------------------------------------------------------------------
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    @staticmethod
+    def momentum_copy(module: nn.Module) -> nn.Module:
+        twin = copy.deepcopy(module)
+        for p in twin.parameters():
+            p.requires_grad = False
+        return twin
+
+    @torch.no_grad()
+    def ema(self, online: nn.Module, target: nn.Module, m: float) -> None:
+        """target <- m * target + (1 - m) * online (parameters); buffers are copied."""
+        for po, pt in zip(online.parameters(), target.parameters()):
+            pt.mul_(m).add_(po.detach(), alpha=1.0 - m)
+        for bo, bt in zip(online.buffers(), target.buffers()):
+            bt.copy_(bo)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        views, idx = batch
+        fmt = torch.channels_last if self.cfg.trainer.channels_last else torch.contiguous_format
+        out = [apply_colour(v, spec.colour).contiguous(memory_format=fmt) for v, spec in zip(views, self.plan.views)]
+        return out, idx
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        views, _idx = batch
+        loss, logs = self.compute_loss(views)
+        bs = views[0].shape[0]
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs, sync_dist=True)
+        for k, v in logs.items():
+            self.log(f"train/{k}", v, on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
+        return loss
+
+    @property
+    def total_steps(self) -> int:
+        try:
+            return max(1, int(self.trainer.estimated_stepping_batches))
+        except Exception:  # noqa: BLE001 - outside a Trainer (unit tests)
+            return 1000
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, self.total_steps // max(1, self.cfg.optim.epochs))
+
+    def configure_optimizers(self) -> Any:
+        opt_name, lr, wd, warmup_epochs = self.cfg.resolved_optim()
+        opt = build_optimizer(opt_name, self, lr, wd, self.cfg.optim.momentum)
+        total = self.total_steps
+        warm = int(round(warmup_epochs * self.steps_per_epoch))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warm))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def export(self, path: str, extra: dict[str, Any] | None = None) -> None:
+        backbone = getattr(self.backbone, "_orig_mod", self.backbone)
+        meta = {"method": self.name, "image_size": self.cfg.data.image_size, "epoch": int(self.current_epoch)}
+        meta.update(extra or {})
+        save_encoder(path, backbone, self.spec, meta)

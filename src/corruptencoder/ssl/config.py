@@ -1,0 +1,185 @@
+"""Typed pre-training configuration (no torch import: configs validate on any machine).
+
+Method hyper-parameters default to each method's published ImageNet(-100) settings; learning
+rates are *per 256 images* and scaled linearly with the batch size. Presets
+(:mod:`corruptencoder.presets`) scale everything down for CPUs and small GPUs.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import Field, field_validator, model_validator
+
+from corruptencoder.utils.config import StrictModel
+
+
+class MoCoConfig(StrictModel):
+    """MoCo-v2 (Chen et al. 2020): queue of keys, momentum key encoder, MLP head, InfoNCE."""
+
+    name: Literal["moco"] = "moco"
+    temperature: float = 0.2
+    queue_size: int = Field(16384, ge=0)
+    momentum: float = Field(0.999, ge=0.0, le=1.0)
+    proj_hidden: int | None = Field(None, description="hidden width of the MLP head (default: feature dim)")
+    proj_dim: int = 128
+    symmetric: bool = False
+
+
+class SimCLRConfig(StrictModel):
+    """SimCLR (Chen et al. 2020): NT-Xent over the other images of the batch."""
+
+    name: Literal["simclr"] = "simclr"
+    temperature: float = 0.1
+    proj_hidden: int | None = None
+    proj_dim: int = 128
+
+
+class SwAVConfig(StrictModel):
+    """SwAV (Caron et al. 2020): prototypes, Sinkhorn-Knopp codes, swapped prediction, multi-crop."""
+
+    name: Literal["swav"] = "swav"
+    temperature: float = 0.1
+    n_prototypes: int = 3000
+    proj_hidden: int = 2048
+    proj_dim: int = 128
+    sinkhorn_iterations: int = 3
+    sinkhorn_epsilon: float = 0.05
+    freeze_prototypes_epochs: float = 1.0
+    queue_size: int = Field(3840, ge=0, description="features kept for Sinkhorn with small batches; 0 = off")
+    queue_start_epoch: int = 15
+    n_local: int = Field(6, ge=0, description="low-resolution multi-crop views (0 = off)")
+
+
+class BYOLConfig(StrictModel):
+    """BYOL (Grill et al. 2020): predictor + momentum target, cosine momentum schedule."""
+
+    name: Literal["byol"] = "byol"
+    momentum: float = Field(0.99, description="base momentum, raised to 1 along a cosine schedule")
+    proj_hidden: int = 4096
+    proj_dim: int = 256
+    pred_hidden: int = 4096
+
+
+class MSFConfig(StrictModel):
+    """MSF / mean shift (Koohpayegani et al. 2021): regress the query to the k nearest neighbours of
+    the weakly-augmented target in a memory bank of target embeddings."""
+
+    name: Literal["msf"] = "msf"
+    momentum: float = 0.99
+    bank_size: int = Field(128000, ge=1)
+    topk: int = Field(5, ge=1)
+    proj_hidden: int = 4096
+    proj_dim: int = 512
+    pred_hidden: int = 4096
+
+
+class DistillConfig(StrictModel):
+    """CompRess (Koohpayegani et al. 2020) distillation of a frozen teacher into a student."""
+
+    name: Literal["compress"] = "compress"
+    teacher: str = Field("", description="teacher encoder.pt (weights_only load)")
+    variant: Literal["2q", "1q"] = Field("2q", description="2q: each network its own queue; 1q: the teacher's for both")
+    queue_size: int = Field(128000, ge=1)
+    teacher_temperature: float = 0.01
+    student_temperature: float = 0.02
+    proj_dim: int = 128
+    proj_hidden: int | None = None
+
+
+MethodConfig = Annotated[
+    Union[MoCoConfig, SimCLRConfig, SwAVConfig, BYOLConfig, MSFConfig, DistillConfig], Field(discriminator="name")
+]
+METHODS = ("moco", "simclr", "swav", "msf", "byol")
+
+# optimizer, lr per 256 images, weight decay, warm-up epochs: the published recipes
+OPTIM_DEFAULTS: dict[str, tuple[str, float, float, float]] = {
+    "moco": ("sgd", 0.6, 1e-4, 0.0),        # the paper's Appendix B (SSL-Backdoor's MoCo-v2 setting)
+    "simclr": ("lars", 0.3, 1e-6, 10.0),    # lr 1.2 at batch 1024
+    "swav": ("lars", 0.6, 1e-6, 0.0),       # batch 256 recipe
+    "byol": ("lars", 0.2, 1.5e-6, 10.0),
+    "msf": ("sgd", 0.05, 1e-4, 0.0),
+    "compress": ("sgd", 0.05, 1e-4, 0.0),
+}
+
+
+class DataConfig(StrictModel):
+    clean: str | None = Field(None, description="clean pre-training images: ImageFolder root, folder or file list")
+    classes: str | None = Field(None, description="class list (e.g. ImageNet100-A wnids) to take from an ImageFolder")
+    split: str = Field("train", description="sub-folder of an ImageNet-style root holding the split")
+    max_images: int | None = Field(None, ge=1, description="seeded subset of the clean images")
+    poisons: list[str] = Field(default_factory=list, description="poison folders written by 'corruptencoder craft'")
+    image_size: int = Field(224, ge=8)
+    cache: Literal["auto", "memory", "none"] = "auto"
+    cache_short_side: int | None = Field(None, description="decode-time shrink (default 4x image_size)")
+    workers: int | None = Field(None, ge=0, description="DataLoader workers (default: 0 on <= 2 CPU cores)")
+
+    @model_validator(mode="after")
+    def _need_data(self) -> "DataConfig":
+        if not self.clean and not self.poisons:
+            raise ValueError("give data.clean (clean pre-training images) and/or data.poisons")
+        return self
+
+
+class ViewsConfig(StrictModel):
+    crop: Literal["random", "localized", "none"] = Field(
+        "random", description="random crops (default), the paper's localized cropping, or no random cropping")
+    delta: float = Field(0.2, ge=0.0, description="localized cropping: enlargement of view 1's box per side")
+    scale: tuple[float, float] | None = Field(None, description="crop area range (default: the method's)")
+    blur: bool | None = Field(None, description="Gaussian blur on/off (default: the method's)")
+    n_local: int | None = Field(None, ge=0, description="SwAV multi-crop low-resolution views")
+
+    @field_validator("scale")
+    @classmethod
+    def _scale(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not 0.0 < v[0] <= v[1] <= 1.0:
+            raise ValueError(f"scale {list(v)} must satisfy 0 < low <= high <= 1")
+        return v
+
+
+class BackboneConfig(StrictModel):
+    name: str = Field("resnet18", description="resnet18 | resnet34 | resnet50 | small_cnn | timm:<name>")
+    width: float = Field(1.0, gt=0.0)
+    small_stem: bool | None = Field(None, description="3x3 stem without max-pool (default: image_size <= 64)")
+
+
+class OptimConfig(StrictModel):
+    optimizer: Literal["sgd", "lars", "adamw"] | None = None
+    lr: float | None = Field(None, gt=0.0, description="learning rate per 256 images (scaled linearly)")
+    weight_decay: float | None = Field(None, ge=0.0)
+    momentum: float = 0.9
+    warmup_epochs: float | None = Field(None, ge=0.0)
+    batch_size: int = Field(256, ge=2)
+    epochs: int = Field(200, ge=1)
+
+
+class TrainerConfig(StrictModel):
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    devices: int | Literal["auto"] = 1
+    num_nodes: int = 1
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"
+    seed: int = 0
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all cores)")
+    checkpoint_every: int = Field(1, ge=1, description="full checkpoint (for --resume) every k epochs")
+    snapshot_every: int = Field(0, ge=0, description="also save encoders/epoch_XXX.pt every k epochs (0 = off)")
+    channels_last: bool = True
+    compile: bool = False
+    progress: bool = True
+    log_every_n_steps: int = 10
+
+
+class PretrainConfig(StrictModel):
+    method: MethodConfig = Field(default_factory=MoCoConfig)
+    data: DataConfig
+    views: ViewsConfig = Field(default_factory=ViewsConfig)
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+
+    def resolved_optim(self) -> tuple[str, float, float, float]:
+        """(optimizer, absolute lr, weight decay, warm-up epochs) after method defaults and scaling."""
+        opt, lr, wd, warm = OPTIM_DEFAULTS[self.method.name]
+        o = self.optim
+        lr = (o.lr if o.lr is not None else lr) * o.batch_size / 256.0
+        return (o.optimizer or opt, lr, o.weight_decay if o.weight_decay is not None else wd,
+                o.warmup_epochs if o.warmup_epochs is not None else warm)

@@ -1,0 +1,267 @@
+"""Pre-training runs with Lightning: CPU or GPUs (DDP), checkpoints every epoch, ``--resume``.
+
+Output folder::
+
+    OUT/config.yaml              the resolved config (what --resume must match)
+    OUT/checkpoints/last.ckpt    full state (model, optimizer, schedule, queues) for --resume
+    OUT/encoders/epoch_010.pt    backbone snapshots every ``trainer.snapshot_every`` epochs
+    OUT/logs/metrics.csv         loss and learning rate per step / epoch
+    OUT/encoder.pt               the final backbone (torch.load(weights_only=True))
+    OUT/run.json                 status, epochs, seconds, images/s, data counts, skipped files
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from corruptencoder.errors import ConfigError, UserError
+from corruptencoder.ssl.config import PretrainConfig
+from corruptencoder.utils.outputs import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+def quiet_lightning() -> None:
+    """Lightning logs hardware banners and tips at INFO through its own handler; keep warnings only."""
+    import warnings
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*litlogger.*")
+
+
+def method_class(name: str) -> type:
+    if name == "moco":
+        from corruptencoder.ssl.moco import MoCo as cls
+    elif name == "simclr":
+        from corruptencoder.ssl.simclr import SimCLR as cls
+    elif name == "swav":
+        from corruptencoder.ssl.swav import SwAV as cls
+    elif name == "byol":
+        from corruptencoder.ssl.byol import BYOL as cls
+    elif name == "msf":
+        from corruptencoder.ssl.msf import MSF as cls
+    elif name == "compress":
+        from corruptencoder.defend.compress import CompRess as cls
+    else:  # pragma: no cover
+        raise ConfigError(f"method {name!r} is unknown")
+    return cls
+
+
+def pretrain_files(cfg: PretrainConfig) -> Any:
+    """The clean collection (optionally a seeded subset) plus the poison folders, as one file list."""
+    from corruptencoder.data.folders import ImageCollection, load_collection, read_class_list, stratified_subset
+    from corruptencoder.data.poisoned import pretraining_files
+
+    d = cfg.data
+    if d.clean:
+        root = Path(d.clean)
+        classes = read_class_list(d.classes) if d.classes else None
+        if classes is not None and (root / d.split).is_dir():
+            root = root / d.split
+        clean = load_collection(root, classes, what="clean pre-training data")
+        if d.max_images and d.max_images < len(clean):
+            clean = stratified_subset(clean, total=d.max_images, seed=cfg.trainer.seed)
+    else:
+        clean = ImageCollection([], None, None, "")
+    return pretraining_files(clean, d.poisons)
+
+
+@dataclass
+class PretrainResult:
+    out: Path
+    encoder: Path
+    epochs: int
+    seconds: float
+    images_per_second: float
+    num_images: int
+    num_poisons: int
+
+
+def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
+    c = json.loads(json.dumps(cfg))
+    for k in ("accelerator", "devices", "num_nodes", "threads", "progress", "log_every_n_steps", "compile"):
+        c.get("trainer", {}).pop(k, None)
+    c.get("data", {}).pop("workers", None)
+    c.get("data", {}).pop("cache", None)
+    return c
+
+
+def _diff(a: Any, b: Any, path: str = "") -> str | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            d = _diff(a.get(k), b.get(k), f"{path}.{k}" if path else k)
+            if d:
+                return d
+        return None
+    return None if a == b else f"{path}: {a!r} -> {b!r}"
+
+
+def prepare_output(cfg: PretrainConfig, out: Path, resume: bool, overwrite: bool) -> Path | None:
+    """Check the output folder against resume/overwrite; return the checkpoint to resume from."""
+    ckpt = out / "checkpoints" / "last.ckpt"
+    if int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0:
+        return ckpt if resume and ckpt.is_file() else None  # DDP worker ranks: rank 0 owns the folder
+    if out.exists() and any(out.iterdir()):
+        if resume:
+            saved = out / "config.yaml"
+            if not saved.is_file():
+                raise UserError(f"{out}: nothing to resume (no config.yaml); start a new run or pass --overwrite")
+            old = yaml.safe_load(saved.read_text(encoding="utf-8"))
+            d = _diff(_comparable(old), _comparable(cfg.model_dump(mode="json")))
+            if d:
+                raise UserError(f"{out}: the config differs from the run being resumed ({d}); use the same config "
+                                "or a new --out")
+            return ckpt if ckpt.is_file() else None
+        if not overwrite:
+            raise UserError(f"{out}: output folder exists; pass --resume to continue it, --overwrite to replace it, "
+                            "or choose another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+    return None
+
+
+def _next_log_version(logs: Path) -> str:
+    """One CSV log folder per (re)start, so a resumed run never overwrites the earlier log."""
+    n = len(list(logs.glob("part*"))) if logs.is_dir() else 0
+    return f"part{n + 1}"
+
+
+def merge_metrics(logs: Path) -> Path | None:
+    """Concatenate every part's metrics.csv into logs/metrics.csv (columns unioned)."""
+    import csv
+
+    parts = sorted(logs.glob("part*/metrics.csv"), key=lambda p: int(p.parent.name[4:] or 0))
+    if not parts:
+        return None
+    rows, cols = [], []
+    for p in parts:
+        with open(p, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            cols += [c for c in reader.fieldnames or [] if c not in cols]
+            rows += list(reader)
+    target = logs / "metrics.csv"
+    with open(target, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=cols)
+        writer.writeheader()
+        writer.writerows(rows)
+    return target
+
+
+def resolve_runtime(cfg: PretrainConfig) -> dict[str, Any]:
+    """Accelerator, precision, strategy and loader workers for this machine."""
+    import torch
+
+    t = cfg.trainer
+    gpu = torch.cuda.is_available() and t.accelerator in ("auto", "gpu", "cuda")
+    if t.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError("trainer.accelerator is 'gpu' but no CUDA GPU is visible; use accelerator: cpu or auto")
+    accelerator = "gpu" if gpu else ("mps" if t.accelerator == "mps" else "cpu")
+    precision = t.precision
+    if precision == "auto":
+        precision = ("bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed") if gpu else "32-true"
+    if not gpu and precision != "32-true":
+        precision = "32-true"  # bf16 slows ResNets down on CPU (measured); keep fp32 there
+    devices = t.devices
+    n_dev = (torch.cuda.device_count() if gpu else 1) if devices == "auto" else int(devices)
+    strategy: Any = "auto"
+    if n_dev > 1 or t.num_nodes > 1:
+        from lightning.pytorch.strategies import DDPStrategy
+
+        strategy = DDPStrategy(process_group_backend="nccl" if gpu else "gloo", find_unused_parameters=False)
+    cores = os.cpu_count() or 1
+    workers = cfg.data.workers
+    if workers is None:
+        workers = min(8, max(1, cores // max(1, n_dev) - 1)) if gpu else (0 if cores <= 2 else min(4, cores - 2))
+    return {"accelerator": accelerator, "precision": precision, "devices": devices, "strategy": strategy,
+            "workers": workers, "gpu": gpu}
+
+
+def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False, overwrite: bool = False,
+             progress: bool | None = None, callbacks: list[Any] | None = None) -> PretrainResult:
+    """Pre-train an encoder; ``callbacks`` are extra Lightning callbacks (e.g. your own loggers)."""
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import TQDMProgressBar
+    from lightning.pytorch.loggers import CSVLogger
+    from torch.utils.data import DataLoader
+
+    from corruptencoder.data.datasets import ImageStore, ViewDataset, collate_views, read_skip_log
+    from corruptencoder.ssl.callbacks import EncoderSnapshots, LastCheckpoint, Throughput
+
+    quiet_lightning()
+    out = Path(out)
+    files = pretrain_files(cfg)  # validates the data before anything is written
+    if len(files) < 2:
+        raise UserError(f"pre-training needs at least 2 images, found {len(files)}; check data.clean / data.poisons")
+    ckpt = prepare_output(cfg, out, resume, overwrite)
+    if resume and ckpt is None and (out / "encoder.pt").is_file():
+        log.info("%s: already finished; nothing to resume", out)
+    rt = resolve_runtime(cfg)
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
+    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    show = cfg.trainer.progress if progress is None else progress
+
+    short = cfg.data.cache_short_side or 4 * cfg.data.image_size
+    cache = {"auto": "auto", "memory": True, "none": False}[cfg.data.cache]
+    store = ImageStore(files.files, short, cache, progress=show, skip_log=out / "skipped.txt")
+    model = method_class(cfg.method.name)(cfg)
+    dataset = ViewDataset(store, model.plan.crop)
+    bs = cfg.optim.batch_size
+    loader = DataLoader(dataset, batch_size=min(bs, len(dataset)), shuffle=True, drop_last=len(dataset) >= bs,
+                        num_workers=rt["workers"], collate_fn=collate_views, pin_memory=rt["gpu"],
+                        persistent_workers=rt["workers"] > 0, prefetch_factor=4 if rt["workers"] > 0 else None)
+    if cfg.trainer.compile:
+        model.backbone = torch.compile(model.backbone)
+
+    throughput = Throughput()
+    callbacks = list(callbacks or []) + [
+        LastCheckpoint(out / "checkpoints", cfg.trainer.checkpoint_every),
+        throughput,
+    ]
+    if cfg.trainer.snapshot_every:
+        callbacks.append(EncoderSnapshots(out / "encoders", cfg.trainer.snapshot_every))
+    if show:
+        callbacks.append(TQDMProgressBar(refresh_rate=max(1, min(20, len(loader) // 10 or 1))))
+    trainer = L.Trainer(
+        max_epochs=cfg.optim.epochs, accelerator=rt["accelerator"], devices=rt["devices"], num_nodes=cfg.trainer.num_nodes,
+        strategy=rt["strategy"], precision=rt["precision"], callbacks=callbacks,
+        logger=CSVLogger(str(out), name="logs", version=_next_log_version(out / "logs")), enable_progress_bar=show,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        log_every_n_steps=min(cfg.trainer.log_every_n_steps, max(1, len(loader))), default_root_dir=str(out),
+        num_sanity_val_steps=0, benchmark=rt["gpu"],
+    )
+    t0 = time.perf_counter()
+    trainer.fit(model, loader, ckpt_path=str(ckpt) if ckpt else None)
+    seconds = time.perf_counter() - t0
+    encoder = out / "encoder.pt"
+    if trainer.is_global_zero:
+        merge_metrics(out / "logs")
+        skipped = read_skip_log(out / "skipped.txt")
+        model.export(str(encoder), {"num_images": len(files), "num_poisons": files.num_poisons})
+        write_json_atomic(out / "run.json", {
+            "status": "done", "method": cfg.method.name, "epochs": int(trainer.current_epoch),
+            "seconds": round(seconds, 2), "images_per_second": round(throughput.images_per_second, 1),
+            "num_images": len(files), "num_poisons": files.num_poisons, "poison_ratio": round(files.poison_ratio, 6),
+            "skipped_images": len(skipped), "accelerator": rt["accelerator"], "precision": rt["precision"],
+            "devices": rt["devices"] if isinstance(rt["devices"], int) else str(rt["devices"]),
+            "resumed_from": str(ckpt) if ckpt else None,
+        })
+        if skipped:
+            log.warning("skipped %d unreadable image(s) during training; listed in %s", len(skipped), out / "skipped.txt")
+    return PretrainResult(out, encoder, int(trainer.current_epoch), seconds, throughput.images_per_second,
+                          len(files), files.num_poisons)

@@ -1,0 +1,189 @@
+"""Pre-training runs: outputs, kill-and-resume, DDP on 2 CPU processes, config and data errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from corruptencoder.cli import main
+from corruptencoder.errors import ConfigError, UserError
+from corruptencoder.ssl.config import PretrainConfig
+from corruptencoder.ssl.encoder import load_encoder
+from corruptencoder.ssl.train import pretrain
+from corruptencoder.utils.config import load_config
+
+
+@pytest.fixture()
+def tiny_data(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    root = tmp_path / "data"
+    for c in range(3):
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(12):
+            arr = np.clip(rng.normal(60 + 60 * c, 30, (24, 28, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(root / f"c{c}" / f"{i}.png")
+    return root
+
+
+def tiny_config(data: Path, **over: object) -> PretrainConfig:
+    base = {
+        "method": {"name": "moco", "queue_size": 32, "proj_hidden": 32, "proj_dim": 16},
+        "data": {"clean": str(data), "image_size": 16},
+        "backbone": {"name": "small_cnn", "width": 0.25},
+        "optim": {"batch_size": 12, "epochs": 2, "lr": 0.1},
+        "trainer": {"progress": False, "threads": 1},
+    }
+    for k, v in over.items():
+        section, key = k.split(".")
+        base.setdefault(section, {})[key] = v  # type: ignore[index]
+    return PretrainConfig.model_validate(base)
+
+
+def test_outputs_and_encoder_roundtrip(tiny_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    res = pretrain(tiny_config(tiny_data, **{"trainer.snapshot_every": 1}), out)
+    assert res.epochs == 2 and res.num_images == 36
+    for f in ("config.yaml", "encoder.pt", "run.json", "checkpoints/last.ckpt", "logs/metrics.csv",
+              "encoders/epoch_001.pt", "encoders/epoch_002.pt"):
+        assert (out / f).is_file(), f
+    model, spec, meta = load_encoder(out / "encoder.pt")
+    assert spec["name"] == "small_cnn" and meta["method"] == "moco"
+    assert model(torch.zeros(2, 3, 16, 16)).shape == (2, model.out_dim)
+    raw = torch.load(out / "encoder.pt", weights_only=True)
+    assert set(raw) == {"format", "backbone", "meta", "state_dict"}
+
+
+class StopAtEpoch:
+    """A Lightning callback that 'kills' the run when ``epoch`` starts (after the previous checkpoint)."""
+
+    def __new__(cls, epoch: int):  # type: ignore[no-untyped-def]
+        import lightning as L
+
+        class _Stop(L.Callback):
+            def on_train_epoch_start(self, trainer, pl_module):  # type: ignore[no-untyped-def]
+                if trainer.current_epoch == epoch:
+                    raise RuntimeError("simulated kill")
+
+        return _Stop()
+
+
+class RecordStart:
+    def __new__(cls, store: dict):  # type: ignore[no-untyped-def]
+        import lightning as L
+
+        class _Rec(L.Callback):
+            def on_train_start(self, trainer, pl_module):  # type: ignore[no-untyped-def]
+                opt = trainer.optimizers[0]
+                store["state_entries"] = len(opt.state)
+                store["global_step"] = trainer.global_step
+                store["epoch"] = trainer.current_epoch
+                store["lr"] = opt.param_groups[0]["lr"]
+
+        return _Rec()
+
+
+def test_kill_and_resume_restores_optimizer(tiny_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cfg = tiny_config(tiny_data, **{"optim.epochs": 3})
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        pretrain(cfg, out, callbacks=[StopAtEpoch(1)])
+    assert (out / "checkpoints" / "last.ckpt").is_file() and not (out / "encoder.pt").exists()
+    with pytest.raises(UserError, match="--resume"):
+        pretrain(cfg, out)
+    seen: dict = {}
+    res = pretrain(cfg, out, resume=True, callbacks=[RecordStart(seen)])
+    assert res.epochs == 3
+    assert seen["epoch"] == 1 and seen["global_step"] == 3, seen  # 3 steps per epoch: epoch 0 kept
+    assert seen["state_entries"] > 0, "optimizer momentum buffers were restored, not restarted"
+    assert (out / "encoder.pt").is_file()
+    import csv
+
+    with open(out / "logs" / "metrics.csv") as fh:
+        epochs = {int(r["epoch"]) for r in csv.DictReader(fh) if r.get("epoch")}
+    assert epochs == {0, 1, 2}, "the log of the epochs before the kill is kept"
+    # a different config cannot resume this run
+    with pytest.raises(UserError, match="config differs"):
+        pretrain(tiny_config(tiny_data, **{"optim.epochs": 5}), out, resume=True)
+
+
+@pytest.mark.parametrize("method", ["simclr", "swav", "byol", "msf"])
+def test_every_method_runs_an_epoch(tiny_data: Path, tmp_path: Path, method: str) -> None:
+    extra = {"swav": {"n_prototypes": 8, "queue_size": 0, "n_local": 2, "proj_hidden": 32},
+             "byol": {"proj_hidden": 32, "proj_dim": 16, "pred_hidden": 32},
+             "msf": {"bank_size": 64, "proj_hidden": 32, "proj_dim": 16, "pred_hidden": 32},
+             "simclr": {"proj_hidden": 32}}[method]
+    cfg = tiny_config(tiny_data, **{"optim.epochs": 1})
+    cfg = PretrainConfig.model_validate({**cfg.model_dump(), "method": {"name": method, **extra}})
+    res = pretrain(cfg, tmp_path / method)
+    assert res.epochs == 1 and (tmp_path / method / "encoder.pt").is_file()
+
+
+def test_localized_and_no_crop_defences_train(tiny_data: Path, tmp_path: Path) -> None:
+    for crop in ("localized", "none"):
+        cfg = tiny_config(tiny_data, **{"views.crop": crop, "optim.epochs": 1})
+        assert pretrain(cfg, tmp_path / crop).epochs == 1
+
+
+def test_config_errors_name_the_key(tmp_path: Path) -> None:
+    bad = tmp_path / "c.yaml"
+    bad.write_text(yaml.safe_dump({"data": {"clean": "x"}, "optim": {"batchsize": 32}}))
+    with pytest.raises(ConfigError, match=r"optim\.batchsize: unknown key"):
+        load_config(PretrainConfig, bad)
+    bad.write_text(yaml.safe_dump({"data": {"clean": "x"}, "optim": {"epochs": "ten"}}))
+    with pytest.raises(ConfigError, match=r"optim\.epochs"):
+        load_config(PretrainConfig, bad)
+    bad.write_text(yaml.safe_dump({"data": {"clean": "x"}, "method": {"name": "mocco"}}))
+    with pytest.raises(ConfigError, match=r"method"):
+        load_config(PretrainConfig, bad)
+
+
+def test_missing_data_folder_names_it_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    code = main(["pretrain", "--data", str(tmp_path / "nowhere"), "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and "nowhere" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_unreadable_image_is_skipped_and_counted(tiny_data: Path, tmp_path: Path) -> None:
+    (tiny_data / "c0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    res = pretrain(tiny_config(tiny_data, **{"optim.epochs": 1}), tmp_path / "run")
+    import json
+
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert res.num_images == 37 and run["skipped_images"] == 1
+
+
+def test_poisons_join_the_pretraining_set(tiny_data: Path, tmp_path: Path, assets: dict[str, Path]) -> None:
+    from corruptencoder.poison.config import CraftConfig
+    from corruptencoder.poison.craft import craft
+
+    craft(CraftConfig.model_validate({"targets": [{"name": "dog", "num": 6, "trigger_size": 5,
+          "references": [str(assets["references"])], "backgrounds": [str(assets["backgrounds"])]}]}),
+          tmp_path / "poisons", progress=False)
+    cfg = tiny_config(tiny_data, **{"optim.epochs": 1, "data.poisons": [str(tmp_path / "poisons")]})
+    res = pretrain(cfg, tmp_path / "run")
+    assert res.num_images == 42 and res.num_poisons == 6
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo DDP test is run on Linux CI")
+def test_ddp_two_cpu_processes(tiny_data: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config(tiny_data, **{"optim.epochs": 1}).model_dump(mode="json")))
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(29500 + os.getpid() % 1000)}
+    proc = subprocess.run([sys.executable, "-m", "corruptencoder", "pretrain", "--config", str(cfg), "--out", str(out),
+                           "--devices", "2", "--accelerator", "cpu", "--quiet"],
+                          capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (out / "checkpoints" / "last.ckpt").is_file() and (out / "encoder.pt").is_file()
+    ck = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ck["global_step"] == 1  # 36 images / (12 per process x 2 processes) -> 1 step per epoch
