@@ -53,6 +53,7 @@ def _add_craft(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("target")
     g.add_argument("--target", help="target class name (default: the references folder's name)")
     g.add_argument("--task", help="downstream task the target belongs to (recorded in the manifest)")
+    g.add_argument("--label", help="the target's class in the downstream task, e.g. a wnid (default: --target)")
     g.add_argument("--references", nargs="+", help="reference objects/images: folders, files or file lists; "
                    "'builtin' for the offline demo assets")
     g.add_argument("--backgrounds", nargs="+", help="background images: folders (recursive) or file lists")
@@ -83,7 +84,7 @@ def _add_craft(sub: argparse._SubParsersAction) -> None:
 
 
 _TARGET_FLAGS = {
-    "target": "name", "task": "task", "references": "references", "backgrounds": "backgrounds",
+    "target": "name", "task": "task", "label": "label", "references": "references", "backgrounds": "backgrounds",
     "support": "support", "num": "num", "trigger": "trigger", "trigger_size": "trigger_size",
     "trigger_seed": "trigger_seed", "alpha": "alpha", "beta": "beta", "layout": "layout",
     "reference_mode": "reference_mode", "support_ratio": "support_ratio", "location": "location",
@@ -346,9 +347,89 @@ def _cmd_analyze_crops(args: argparse.Namespace) -> int:
         print(f"wrote {args.json}")
     return 0
 
+
+# ---------------------------------------------------------------------------------------------
+# evaluate
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate", help="linear probe on frozen features: CA/BA, ASR per target, diagnostics",
+        description="Train a linear probe on a downstream task's train split with the encoder frozen; report "
+        "accuracy (BA, and CA with --clean-encoder), ASR per target on the triggered test images (target-class "
+        "images and the attacker's reference images excluded), the no-attack ASR, the reference accuracy and the "
+        "feature-space pull. Writes OUT/metrics.json.")
+    p.add_argument("--encoder", type=Path, required=True, help="encoder.pt (or a torchvision/timm state dict)")
+    p.add_argument("--clean-encoder", type=Path, help="the clean encoder of the same setting (CA, no-attack ASR)")
+    p.add_argument("--task", required=True, help="task YAML, or 'demo' for the demo world's downstream split")
+    p.add_argument("--poisons", nargs="+", type=Path, default=[],
+                   help="poison folders: their targets, triggers and reference images")
+    p.add_argument("--target", action="append", default=[], metavar="NAME[=CLASS]",
+                   help="a target class (with --trigger; repeatable)")
+    p.add_argument("--trigger", action="append", default=[], type=Path, help="trigger image for each --target")
+    p.add_argument("--trigger-size", help="paste the trigger at this size in test images (pixels, or WxH)")
+    p.add_argument("--location", nargs=2, type=float, default=[0.25, 0.75], metavar=("LO", "HI"),
+                   help="triggers go wholly inside this central box of test images (default 0.25 0.75)")
+    p.add_argument("--image-size", type=int, help="override the task's evaluation image size")
+    p.add_argument("--probe-epochs", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--out", type=Path, help="folder for metrics.json (and the feature cache)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def load_task_arg(spec: str, image_size: int | None = None) -> Any:
+    from corruptencoder.evaluate.tasks import TaskConfig, load_task
+    from corruptencoder.utils.config import load_config
+
+    if spec == "demo":
+        from corruptencoder.demo import demo_task_config
+
+        cfg = demo_task_config()
+    else:
+        cfg = load_config(TaskConfig, spec)
+    if image_size:
+        cfg = cfg.model_copy(update={"image_size": image_size})
+    return load_task(cfg)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json as _json
+
+    from corruptencoder.evaluate.linear_probe import ProbeConfig
+    from corruptencoder.evaluate.run import EvalSettings, EvalTarget, evaluate, format_table, targets_from_poisons
+    from corruptencoder.poison.triggers import load_trigger_file, parse_size
+    from corruptencoder.utils.outputs import write_json_atomic
+
+    task = load_task_arg(args.task, args.image_size)
+    targets = []
+    for folder in args.poisons:
+        targets += targets_from_poisons(folder, task.config.name if task.config.name != "task" else None)
+    if len(args.target) != len(args.trigger):
+        raise UserError("give one --trigger per --target")
+    for name, trig in zip(args.target, args.trigger):
+        nm, _, cls = name.partition("=")
+        targets.append(EvalTarget(nm, cls or nm, load_trigger_file(trig), str(trig)))
+    if not targets:
+        raise UserError("no target to attack-score: give --poisons DIR or --target NAME --trigger FILE")
+    settings = EvalSettings(probe=ProbeConfig(epochs=args.probe_epochs, seed=args.seed), seed=args.seed,
+                            location=tuple(args.location), trigger_size=parse_size(args.trigger_size),
+                            batch_size=args.batch_size, device=args.device,
+                            cache_dir=str(args.out / "features") if args.out else None, progress=not args.quiet)
+    result = evaluate(args.encoder, task, targets, clean_encoder=args.clean_encoder, settings=settings)
+    print(format_table(result))
+    if args.out:
+        write_json_atomic(args.out / "metrics.json", result)
+        print(f"wrote {args.out / 'metrics.json'}")
+    else:
+        _json.dumps(result)
+    return 0
+
 # ---------------------------------------------------------------------------------------------
 
-VERBS: list[Callable[[argparse._SubParsersAction], None]] = [_add_craft, _add_show, _add_pretrain, _add_analyze]
+VERBS: list[Callable[[argparse._SubParsersAction], None]] = [_add_craft, _add_show, _add_pretrain, _add_evaluate, _add_analyze]
 
 
 def build_parser() -> argparse.ArgumentParser:

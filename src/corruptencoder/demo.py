@@ -29,3 +29,12 @@ def demo_world(image_size: int = 64, seed: int = 0, progress: bool = False, **co
     merged = {**DEMO_COUNTS, **counts}
     return ensure_world(cache_dir() / "worlds", WorldConfig(image_size=image_size, seed=seed), target=DEMO_TARGET,
                         progress=progress, **merged)
+
+
+def demo_task_config(image_size: int = 32, **world: int) -> "TaskConfig":  # noqa: F821
+    """The demo world's labelled downstream split as a task (evaluated at ``image_size``)."""
+    from corruptencoder.evaluate.tasks import TaskConfig
+
+    root = demo_world(**world) / "downstream"
+    return TaskConfig(name="demo", kind="imagefolder", root=str(root), image_size=image_size,
+                      resize=image_size)

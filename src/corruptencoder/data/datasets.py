@@ -92,6 +92,19 @@ class ImageStore:
         raise ImageError("no readable image left in the data set")
 
 
+class ArrayStore:
+    """In-memory (H, W, 3) uint8 images with the same interface as :class:`ImageStore`."""
+
+    def __init__(self, arrays: Sequence[np.ndarray]) -> None:
+        self.tensors = [torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).contiguous() for a in arrays]
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    def get(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.tensors[index], index
+
+
 def _worker_rng() -> np.random.Generator:
     # torch seeds every loader worker differently (and reproducibly with Lightning's
     # seed_everything(workers=True)); derive numpy's generator from it.
@@ -129,7 +142,7 @@ class LabelledDataset(Dataset):
     """Labelled images -> (uint8 (3, size, size), label, index), resize + centre crop; an optional
     per-index ``transform`` (e.g. pasting a trigger) runs on the cropped tensor."""
 
-    def __init__(self, store: ImageStore, labels: Sequence[int], size: int, resize: int | None = None,
+    def __init__(self, store: "ImageStore | ArrayStore", labels: Sequence[int], size: int, resize: int | None = None,
                  transform: Callable[[torch.Tensor, int], torch.Tensor] | None = None) -> None:
         self.store = store
         self.labels = list(labels)

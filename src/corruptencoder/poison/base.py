@@ -66,7 +66,7 @@ class ImageAttack:
     def describe(self) -> dict[str, Any]:
         """Run-level facts for craft.json."""
         t = self.target
-        return {"name": t.name, "attack": self.name, "task": t.task, "num": t.num,
+        return {"name": t.name, "attack": self.name, "task": t.task, "label": t.label or t.name, "num": t.num,
                 "trigger": self.trigger_spec.describe()}
 
     # -- any process ---------------------------------------------------------------------------

@@ -27,6 +27,7 @@ class TargetSpec(StrictModel):
     name: str = Field(description="target class name; also the poisons' sub-folder")
     attack: AttackName = "corruptencoder"
     task: str | None = Field(None, description="downstream task this target belongs to (free text)")
+    label: str | None = Field(None, description="the target's class in the downstream task (default: name)")
     num: int = Field(650, description="number of poisoned images N for this target")
     references: list[str] = Field(description="reference objects/images: folders, files or file lists")
     backgrounds: list[str] = Field(default_factory=list, description="background images (CorruptEncoder)")

@@ -1,0 +1,302 @@
+"""Scoring encoders on a downstream task: linear probe, CA/BA, ASR per target, diagnostics.
+
+``evaluate`` takes a (possibly backdoored) encoder, optionally the clean encoder of the same setting,
+a task and the attack's targets (each: the downstream class, the exact trigger pixels and the
+attacker's reference files), and returns one JSON-ready dict; ``metrics.json`` is that dict.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from corruptencoder.errors import UserError
+from corruptencoder.evaluate.features import FeatureCache, cache_key, extract_features, file_digest
+from corruptencoder.evaluate.linear_probe import LinearProbe, ProbeConfig, train_linear_probe
+from corruptencoder.evaluate.metrics import (
+    accuracy,
+    attack_success_rate,
+    feature_pull,
+    per_class_accuracy,
+    prediction_histogram,
+    target_rate,
+)
+from corruptencoder.evaluate.tasks import Task
+from corruptencoder.evaluate.triggered import TriggerPaste, resize_trigger
+from corruptencoder.poison.geometry import Box
+from corruptencoder.utils.imageio import load_rgb, open_image
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalTarget:
+    """One attacked class of the task, with what the attacker used."""
+
+    name: str
+    class_name: str
+    trigger: np.ndarray
+    trigger_source: str = ""
+    references: list[str] = field(default_factory=list)       # files: excluded from tests, scored as objects
+    object_crops: list[tuple[str, Box]] = field(default_factory=list)  # poison file + object box
+
+
+def targets_from_poisons(folder: str | os.PathLike, task: str | None = None, max_crops: int = 200) -> list[EvalTarget]:
+    """Targets, triggers and reference files recorded by ``corruptencoder craft`` in a poison folder."""
+    from corruptencoder.poison.manifest import read_manifest, read_summary
+    from corruptencoder.poison.triggers import load_trigger_file
+
+    folder = Path(folder)
+    records = read_manifest(folder)
+    summary = read_summary(folder)
+    out = []
+    for t in summary.get("targets", []):
+        if task and t.get("task") and t["task"] != task:
+            continue
+        recs = [r for r in records if r.get("target") == t["name"]]
+        refs = sorted({r["reference"] for r in recs if r.get("reference")} |
+                      {r["support_reference"] for r in recs if r.get("support_reference")})
+        crops = [(str(folder / r["file"]), tuple(r["object_box"])) for r in recs if r.get("object_box")][:max_crops]
+        out.append(EvalTarget(t["name"], t.get("label") or t["name"],
+                              load_trigger_file(folder / t["trigger_file"]), str(folder / t["trigger_file"]),
+                              refs, crops))  # type: ignore[arg-type]
+    if not out:
+        raise UserError(f"{folder}: no targets{' for task ' + task if task else ''} in craft.json")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# reference images are removed from every test set
+
+
+def _digest(arr: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(arr).tobytes() + str(arr.shape).encode()).hexdigest()
+
+
+def reference_images(paths: Sequence[str]) -> list[np.ndarray]:
+    from corruptencoder.poison.objects import ReferenceSource, _source_for_file
+
+    out = []
+    for p in paths:
+        src = _source_for_file(Path(p)) if Path(p).is_file() else (
+            ReferenceSource("export", p) if Path(p).is_dir() else None)
+        if src is None:
+            continue
+        try:
+            out.append(src.load().image)
+        except UserError as exc:
+            log.warning("cannot read reference %s: %s", p, exc)
+    return out
+
+
+def exclude_references(task: Task, targets: Sequence[EvalTarget]) -> int:
+    """Drop test images that are reference/support images of the attack (by path, name or pixels)."""
+    refs = sorted({r for t in targets for r in t.references})
+    if not refs:
+        return 0
+    ref_paths = {str(Path(r).resolve()) for r in refs}
+    ref_stems = {Path(r).stem for r in refs if not Path(r).stem.isdigit()}  # "1.json" says nothing
+    images = reference_images(refs)
+    by_size: dict[tuple[int, int], set[str]] = {}
+    for im in images:
+        by_size.setdefault((im.shape[1], im.shape[0]), set()).add(_digest(im))
+    keep = []
+    for i, f in enumerate(task.test.files):
+        hit = str(Path(f).resolve()) in ref_paths or Path(f).stem in ref_stems
+        if not hit and by_size:
+            try:
+                with open_image(f) as im:
+                    size = im.size
+            except UserError:
+                size = None
+            if size in by_size or (size and size[::-1] in by_size):
+                hit = _digest(np.asarray(load_rgb(f))) in by_size.get(size, set()) | by_size.get(size[::-1], set())
+        if not hit:
+            keep.append(i)
+    removed = len(task.test.files) - len(keep)
+    if removed:
+        task.test = task.test.subset(keep)
+    return removed
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalSettings:
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    seed: int = 0
+    location: tuple[float, float] = (0.25, 0.75)
+    trigger_size: tuple[int, int] | None = None
+    batch_size: int = 256
+    device: str = "auto"
+    workers: int = 0
+    cache_dir: str | None = None
+    progress: bool = False
+
+    def resolved_device(self) -> str:
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device
+
+
+class Scorer:
+    """Features (cached), probe and metrics for one encoder on one task."""
+
+    def __init__(self, encoder_path: str | os.PathLike, task: Task, settings: EvalSettings) -> None:
+        from corruptencoder.ssl.encoder import load_encoder
+
+        self.path = Path(encoder_path)
+        self.encoder, self.spec, self.meta = load_encoder(self.path)
+        self.task = task
+        self.s = settings
+        self.cache = FeatureCache(settings.cache_dir)
+        self.enc_key = file_digest(self.path)
+        self.size = task.config.image_size
+        self.resize = task.config.resize
+
+    def features(self, files: Sequence[str | os.PathLike], what: str, transform: Any = None,
+                 transform_key: Any = None) -> torch.Tensor:
+        key = cache_key(enc=self.enc_key, files=[str(f) for f in files], size=self.size, resize=self.resize,
+                        t=transform_key)
+        return self.cache.get(key, lambda: extract_features(
+            self.encoder, files, self.size, self.resize, transform, self.s.batch_size, self.s.resolved_device(),
+            self.s.workers, self.s.progress, desc=what))
+
+    def array_features(self, arrays: Sequence[np.ndarray], what: str) -> torch.Tensor:
+        if not arrays:
+            return torch.zeros(0)
+        return extract_features(self.encoder, arrays, self.size, self.resize, None, self.s.batch_size,
+                                self.s.resolved_device(), 0, False, desc=what)
+
+    def probe(self) -> tuple[LinearProbe, torch.Tensor, torch.Tensor]:
+        tr, te = self.task.train, self.task.test
+        ftr = self.features(tr.files, "train features")
+        fte = self.features(te.files, "test features")
+        probe = train_linear_probe(ftr, torch.tensor(tr.labels), len(self.task.classes), self.s.probe)
+        return probe, fte, torch.tensor(te.labels)
+
+    def score(self, targets: Sequence[EvalTarget]) -> dict[str, Any]:
+        probe, fte, yte = self.probe()
+        preds = probe.predict(fte)
+        out: dict[str, Any] = {
+            "encoder": str(self.path), "backbone": self.spec, "encoder_meta": self.meta,
+            "accuracy": round(accuracy(preds, yte), 3),
+            "per_class_accuracy": per_class_accuracy(preds, yte, self.task.classes),
+            "n_train": len(self.task.train), "n_test": len(self.task.test), "targets": [],
+        }
+        for t in targets:
+            out["targets"].append(self.score_target(t, probe, fte, preds, yte))
+        return out
+
+    def score_target(self, t: EvalTarget, probe: LinearProbe, fte: torch.Tensor, preds: torch.Tensor,
+                     yte: torch.Tensor) -> dict[str, Any]:
+        target = self.task.class_index(t.class_name)
+        idx = torch.nonzero(yte != target).flatten()
+        trig = resize_trigger(t.trigger, self.s.trigger_size)
+        lo, hi = self.s.location
+        paste = TriggerPaste(trig, self.s.seed, lo, hi)
+        files = [self.task.test.files[int(i)] for i in idx]
+        index_map = idx.tolist()
+        ftrig = self.features(files, f"triggered ({t.name})", lambda img, j: paste(img, index_map[j]),
+                              transform_key={"trigger": _digest(trig), "seed": self.s.seed, "loc": [lo, hi],
+                                             "index": _digest(np.asarray(index_map))})
+        ptrig = probe.predict(ftrig)
+        asr, n = attack_success_rate(ptrig, yte[idx], target)
+        ref_feats = self.array_features(_object_arrays(t), "reference objects")
+        crop_feats = self.array_features(_crop_arrays(t), "object crops")
+        res: dict[str, Any] = {
+            "name": t.name, "class": self.task.classes[target], "class_index": target,
+            "asr": round(asr, 3), "n_triggered": n,
+            "clean_target_rate": round(target_rate(preds[idx], target), 3),
+            "triggered_prediction_histogram": prediction_histogram(ptrig, self.task.classes),
+            "reference_accuracy": round(target_rate(probe.predict(ref_feats), target), 3) if ref_feats.numel() else None,
+            "n_references": int(ref_feats.shape[0]) if ref_feats.numel() else 0,
+            "object_crop_accuracy": round(target_rate(probe.predict(crop_feats), target), 3) if crop_feats.numel() else None,
+            "n_object_crops": int(crop_feats.shape[0]) if crop_feats.numel() else 0,
+            "pull": feature_pull(ftrig, fte[idx], ref_feats) if ref_feats.numel() else {},
+            "trigger": t.trigger_source, "trigger_size": [int(trig.shape[1]), int(trig.shape[0])],
+        }
+        return res
+
+
+def _object_arrays(t: EvalTarget) -> list[np.ndarray]:
+    """The reference objects as images: each object's bounding-box crop of its reference image."""
+    from corruptencoder.poison.objects import ReferenceSource, _source_for_file
+
+    out = []
+    for p in t.references:
+        src = _source_for_file(Path(p)) if Path(p).is_file() else (ReferenceSource("export", p) if Path(p).is_dir() else None)
+        if src is None:
+            continue
+        try:
+            ref = src.load()
+        except UserError:
+            continue
+        if ref.has_object:
+            x0, y0, x1, y1 = ref.bbox
+            out.append(np.ascontiguousarray(ref.image[y0:y1, x0:x1]))
+    return out
+
+
+def _crop_arrays(t: EvalTarget) -> list[np.ndarray]:
+    out = []
+    for f, (x0, y0, x1, y1) in t.object_crops:
+        try:
+            out.append(np.ascontiguousarray(np.asarray(load_rgb(f))[y0:y1, x0:x1]))
+        except UserError:
+            continue
+    return out
+
+
+def evaluate(encoder: str | os.PathLike, task: Task, targets: Sequence[EvalTarget], *,
+             clean_encoder: str | os.PathLike | None = None, settings: EvalSettings = EvalSettings()) -> dict[str, Any]:
+    """Score ``encoder`` (and the clean one, if given) on ``task`` for every target."""
+    removed = exclude_references(task, targets)
+    result: dict[str, Any] = {
+        "task": task.config.model_dump(mode="json"), "n_classes": len(task.classes),
+        "excluded_reference_images": removed, "seed": settings.seed, "location": list(settings.location),
+        "probe": settings.probe.__dict__,
+        "encoder": Scorer(encoder, task, settings).score(targets),
+    }
+    if clean_encoder:
+        result["clean_encoder"] = Scorer(clean_encoder, task, settings).score(targets)
+    result["summary"] = summarize(result)
+    return result
+
+
+def summarize(result: dict[str, Any]) -> dict[str, Any]:
+    """CA, BA, ASR and no-attack ASR per target, the paper's columns."""
+    enc = result["encoder"]
+    clean = result.get("clean_encoder")
+    rows = []
+    for i, t in enumerate(enc["targets"]):
+        c = clean["targets"][i] if clean else None
+        rows.append({"target": t["name"], "class": t["class"], "asr": t["asr"],
+                     "no_attack_asr": c["asr"] if c else None, "reference_accuracy": t["reference_accuracy"],
+                     "pull_delta": t["pull"].get("delta")})
+    return {"ba" if clean else "accuracy": enc["accuracy"], "ca": clean["accuracy"] if clean else None, "targets": rows}
+
+
+def format_table(result: dict[str, Any]) -> str:
+    s = result["summary"]
+    lines = []
+    if s.get("ca") is not None:
+        lines.append(f"CA {s['ca']:.2f}   BA {s['ba']:.2f}   (test images: {result['encoder']['n_test']})")
+    else:
+        lines.append(f"accuracy {s['accuracy']:.2f}   (test images: {result['encoder']['n_test']})")
+    lines.append(f"{'target':<18}{'class':<18}{'ASR':>8}{'no-attack':>11}{'ref.acc':>9}{'pull':>8}")
+    for r in s["targets"]:
+        na = "" if r["no_attack_asr"] is None else f"{r['no_attack_asr']:.2f}"
+        ra = "" if r["reference_accuracy"] is None else f"{r['reference_accuracy']:.1f}"
+        pd = "" if r["pull_delta"] is None else f"{r['pull_delta']:+.3f}"
+        lines.append(f"{r['target']:<18}{str(r['class']):<18}{r['asr']:>8.2f}{na:>11}{ra:>9}{pd:>8}")
+    return "\n".join(lines)

@@ -1,0 +1,195 @@
+"""Downstream tasks: a labelled train split and test split from a user's disk, never downloaded.
+
+Kinds:
+* ``imagefolder``: ``root/train/<class>/*`` and ``root/test/<class>/*`` (or ``val``);
+* ``imagenet``: an ImageNet root plus a class list (e.g. ImageNet100-B wnids): ``root/train/<wnid>``,
+  ``root/val/<wnid>``; ``train_fraction: 0.1`` gives the paper's ImageNet100-A downstream split;
+* ``filelist``: ``train`` and ``test`` are text files of ``path label`` lines;
+* ``pets``, ``flowers102``, ``caltech101``: the torchvision dataset classes on a local root
+  (``download=False``), with the splits of Chen et al. 2020 / Ericsson et al. 2021 (Appendix A):
+  Pets trainval/test, Flowers train+val/test, Caltech-101 30 images per class for training, the
+  rest for testing (seeded).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from corruptencoder.data.folders import (
+    ImageCollection,
+    file_list,
+    image_folder,
+    imagenet_subset,
+    read_class_list,
+    stratified_subset,
+)
+from corruptencoder.errors import UserError
+from corruptencoder.utils.config import StrictModel
+
+TaskKind = Literal["imagefolder", "imagenet", "filelist", "pets", "flowers102", "caltech101"]
+
+LAYOUTS = {
+    "imagefolder": "ROOT/train/<class>/<image> and ROOT/test/<class>/<image> (or ROOT/val/...)",
+    "imagenet": "ROOT/train/<wnid>/*.JPEG and ROOT/val/<wnid>/*.JPEG plus a class list file of wnids",
+    "filelist": "two text files of 'path label' lines (train: and test:)",
+    "pets": "ROOT/oxford-iiit-pet/images/*.jpg and ROOT/oxford-iiit-pet/annotations/{trainval,test}.txt",
+    "flowers102": "ROOT/flowers-102/jpg/image_*.jpg, ROOT/flowers-102/imagelabels.mat and setid.mat",
+    "caltech101": "ROOT/caltech101/101_ObjectCategories/<category>/image_*.jpg",
+}
+
+
+class TaskConfig(StrictModel):
+    """A downstream task (the labelled data a linear probe is trained and tested on)."""
+
+    name: str = "task"
+    kind: TaskKind = "imagefolder"
+    root: str = Field(description="data root (see the layouts per kind)")
+    train: str | None = Field(None, description="imagefolder: sub-folder (default train); filelist: the list file")
+    test: str | None = Field(None, description="imagefolder: sub-folder (default test, else val); filelist: list file")
+    classes: str | None = Field(None, description="class list file (imagenet: wnids, e.g. imagenet100_B.txt)")
+    train_fraction: float | None = Field(None, gt=0.0, le=1.0, description="seeded fraction of each class for training")
+    train_per_class: int | None = Field(None, ge=1, description="seeded count per class for training")
+    test_per_class: int | None = Field(None, ge=1, description="seeded cap per class for testing (quick runs)")
+    image_size: int = Field(224, ge=8, description="evaluation crop size (resize then centre crop)")
+    resize: int | None = Field(None, description="shorter side before the centre crop (default size*256/224)")
+    seed: int = 0
+
+
+@dataclass
+class Task:
+    config: TaskConfig
+    train: ImageCollection
+    test: ImageCollection
+
+    @property
+    def classes(self) -> list[str]:
+        assert self.train.classes is not None
+        return self.train.classes
+
+    def class_index(self, name: str) -> int:
+        """Index of a class by name (or wnid, or an integer string)."""
+        if name in self.classes:
+            return self.classes.index(name)
+        norm = {c.lower().replace(" ", "_").replace("-", "_"): i for i, c in enumerate(self.classes)}
+        key = name.lower().replace(" ", "_").replace("-", "_")
+        if key in norm:
+            return norm[key]
+        if name.isdigit() and int(name) < len(self.classes):
+            return int(name)
+        raise UserError(f"target class {name!r} is not a class of task {self.config.name} "
+                        f"(classes: {', '.join(self.classes[:8])}{', ...' if len(self.classes) > 8 else ''})")
+
+    def digest(self) -> str:
+        """Identifies the exact files and labels (for feature caches)."""
+        h = hashlib.sha256()
+        for coll in (self.train, self.test):
+            for f, y in zip(coll.files, coll.labels or [0] * len(coll.files)):
+                h.update(f"{f}\t{y}\n".encode())
+        h.update(json.dumps(self.config.model_dump(mode="json"), sort_keys=True).encode())
+        return h.hexdigest()[:16]
+
+
+def _missing(kind: str, root: Path, detail: str = "") -> UserError:
+    return UserError(f"{root}: {kind} data not found{(' (' + detail + ')') if detail else ''}; expected {LAYOUTS[kind]}")
+
+
+def _imagefolder(cfg: TaskConfig) -> tuple[ImageCollection, ImageCollection]:
+    root = Path(cfg.root)
+    if not root.is_dir():
+        raise _missing("imagefolder", root)
+    train_dir = root / (cfg.train or "train")
+    test_name = cfg.test or ("test" if (root / "test").is_dir() else "val")
+    test_dir = root / test_name
+    if not train_dir.is_dir() or not test_dir.is_dir():
+        raise _missing("imagefolder", root, f"no {train_dir.name}/ or {test_dir.name}/ folder")
+    classes = read_class_list(cfg.classes) if cfg.classes else None
+    train = image_folder(train_dir, classes, what="downstream train folder")
+    test = image_folder(test_dir, train.classes, what="downstream test folder", require_all=False)
+    return train, test
+
+
+def _imagenet(cfg: TaskConfig) -> tuple[ImageCollection, ImageCollection]:
+    root = Path(cfg.root)
+    if not cfg.classes:
+        raise UserError(f"task {cfg.name}: kind imagenet needs 'classes' (a wnid list such as imagenet100_B.txt)")
+    if not (root / "train").is_dir() or not (root / "val").is_dir():
+        raise _missing("imagenet", root)
+    return imagenet_subset(root, cfg.classes, "train"), imagenet_subset(root, cfg.classes, "val")
+
+
+def _filelist(cfg: TaskConfig) -> tuple[ImageCollection, ImageCollection]:
+    if not cfg.train or not cfg.test:
+        raise UserError(f"task {cfg.name}: kind filelist needs 'train' and 'test' list files")
+    classes = read_class_list(cfg.classes) if cfg.classes else None
+    base = Path(cfg.root)
+    train = file_list(base / cfg.train, classes, what="train file list")
+    test = file_list(base / cfg.test, train.classes, what="test file list")
+    if train.labels is None or test.labels is None:
+        raise UserError(f"task {cfg.name}: downstream file lists need a label on every line")
+    return train, test
+
+
+def _torchvision(cfg: TaskConfig) -> tuple[ImageCollection, ImageCollection]:
+    root = Path(cfg.root)
+    kind = cfg.kind
+    try:
+        if kind == "pets":
+            if not (root / "oxford-iiit-pet" / "annotations" / "trainval.txt").is_file():
+                raise _missing(kind, root)
+            from torchvision.datasets import OxfordIIITPet
+
+            tr, te = OxfordIIITPet(str(root), "trainval"), OxfordIIITPet(str(root), "test")
+            classes = list(tr.classes)
+            return (ImageCollection(list(tr._images), list(tr._labels), classes, str(root)),
+                    ImageCollection(list(te._images), list(te._labels), classes, str(root)))
+        if kind == "flowers102":
+            base = root / "flowers-102"
+            if not (base / "jpg").is_dir() or not (base / "setid.mat").is_file():
+                raise _missing(kind, root)
+            from torchvision.datasets import Flowers102
+
+            parts = [Flowers102(str(root), s) for s in ("train", "val", "test")]
+            classes = [str(i) for i in range(102)]
+            return (ImageCollection(list(parts[0]._image_files) + list(parts[1]._image_files),
+                                    list(parts[0]._labels) + list(parts[1]._labels), classes, str(root)),
+                    ImageCollection(list(parts[2]._image_files), list(parts[2]._labels), classes, str(root)))
+        if kind == "caltech101":
+            cats_dir = root / "caltech101" / "101_ObjectCategories"
+            if not cats_dir.is_dir():  # checked first: torchvision would create folders under root
+                raise _missing(kind, root)
+            from torchvision.datasets import Caltech101
+
+            ds = Caltech101(str(root))
+            files = [cats_dir / ds.categories[y] / f"image_{i:04d}.jpg" for i, y in zip(ds.index, ds.y)]
+            full = ImageCollection(files, list(ds.y), list(ds.categories), str(root))
+            train = stratified_subset(full, per_class=cfg.train_per_class or 30, seed=cfg.seed)
+            chosen = set(map(str, train.files))
+            rest = [i for i, f in enumerate(full.files) if str(f) not in chosen]
+            return train, full.subset(rest)
+    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted ..."
+        raise _missing(kind, root, str(exc).split(".")[0]) from None
+    raise UserError(f"task kind {kind!r} is unknown")  # pragma: no cover
+
+
+def load_task(cfg: TaskConfig) -> Task:
+    loaders = {"imagefolder": _imagefolder, "imagenet": _imagenet, "filelist": _filelist}
+    train, test = loaders.get(cfg.kind, _torchvision)(cfg)
+    if cfg.train_fraction or (cfg.train_per_class and cfg.kind != "caltech101"):
+        train = stratified_subset(train, fraction=cfg.train_fraction, per_class=cfg.train_per_class, seed=cfg.seed)
+    if cfg.test_per_class:
+        test = stratified_subset(test, per_class=cfg.test_per_class, seed=cfg.seed + 1)
+    if train.labels is None or not train.files or not test.files:
+        raise UserError(f"task {cfg.name}: empty train or test split under {cfg.root}")
+    return Task(cfg, train, test)
+
+
+def class_counts(coll: ImageCollection) -> np.ndarray:
+    assert coll.labels is not None and coll.classes is not None
+    return np.bincount(np.asarray(coll.labels), minlength=len(coll.classes))

@@ -1,0 +1,52 @@
+"""Triggered test images: the trigger pasted at a seeded random spot of the central box.
+
+The placement for test image ``i`` depends only on (seed, i), so it is the same in every run, batch
+size and worker count. The trigger goes on the *preprocessed* image (after resize + centre crop),
+as in the SSL-Backdoor and CorruptEncoder evaluation code, wholly inside the ``[lo, hi]`` box.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from corruptencoder.poison.geometry import Box, location_box, place_in_region
+
+
+def resize_trigger(trigger: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """Box-filter down (what a downscaled view of a poison shows), nearest-neighbour up."""
+    if size is None or (trigger.shape[1], trigger.shape[0]) == tuple(size):
+        return trigger
+    im = Image.fromarray(trigger, "RGB")
+    down = size[0] <= im.size[0] and size[1] <= im.size[1]
+    return np.asarray(im.resize(size, Image.Resampling.BOX if down else Image.Resampling.NEAREST), dtype=np.uint8)
+
+
+@dataclass
+class TriggerPaste:
+    trigger: np.ndarray  # (h, w, 3) uint8
+    seed: int = 0
+    lo: float = 0.25
+    hi: float = 0.75
+
+    def __post_init__(self) -> None:
+        self._t = torch.from_numpy(np.array(self.trigger, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.trigger.shape[1], self.trigger.shape[0]
+
+    def box(self, index: int, image_size: tuple[int, int]) -> Box:
+        u = np.random.default_rng([self.seed, index]).random(2)
+        return place_in_region(location_box(image_size, self.lo, self.hi), self.size, float(u[0]), float(u[1]))
+
+    def __call__(self, image: torch.Tensor, index: int) -> torch.Tensor:
+        """uint8 (3, H, W) -> a copy with the trigger pasted."""
+        h, w = image.shape[-2:]
+        x0, y0, x1, y1 = self.box(index, (w, h))
+        out = image.clone()
+        out[:, y0:y1, x0:x1] = self._t
+        return out

@@ -1,0 +1,199 @@
+"""Evaluation: ASR arithmetic, reference exclusion, trigger placement, probe, loading, task errors."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from corruptencoder.cli import main
+from corruptencoder.errors import UserError
+from corruptencoder.evaluate.linear_probe import LinearProbe, ProbeConfig, train_linear_probe
+from corruptencoder.evaluate.metrics import accuracy, attack_success_rate, feature_pull, target_rate
+from corruptencoder.evaluate.run import EvalSettings, EvalTarget, Scorer, evaluate, exclude_references
+from corruptencoder.evaluate.tasks import TaskConfig, load_task
+from corruptencoder.evaluate.triggered import TriggerPaste
+from corruptencoder.ssl.backbones import backbone_spec, build_backbone
+from corruptencoder.ssl.encoder import load_encoder, save_encoder
+
+CLASSES = ["cat", "dog", "fish"]
+
+
+@pytest.fixture()
+def task_root(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    root = tmp_path / "task"
+    for split, n in (("train", 10), ("test", 6)):
+        for c, cls in enumerate(CLASSES):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                arr = np.clip(rng.normal(40 + 80 * c, 20, (20, 20, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(arr).save(root / split / cls / f"{split}{c}_{i}.png")
+    return root
+
+
+@pytest.fixture()
+def encoder_file(tmp_path: Path) -> Path:
+    spec = backbone_spec("small_cnn", 0.25, image_size=16)
+    torch.manual_seed(0)
+    path = tmp_path / "encoder.pt"
+    save_encoder(path, build_backbone(spec), spec, {"method": "test"})
+    return path
+
+
+def test_asr_counts_only_non_target_images() -> None:
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    assert attack_success_rate(torch.tensor([1, 1, 1, 1, 1, 1]), labels, 1) == (100.0, 4)
+    assert attack_success_rate(torch.tensor([1, 0, 1, 1, 2, 1]), labels, 1) == (50.0, 4)
+    assert attack_success_rate(torch.tensor([1]), torch.tensor([1]), 1)[1] == 0
+    assert accuracy(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 2])) == pytest.approx(200 / 3)
+    assert target_rate(torch.tensor([2, 2, 0, 1]), 2) == 50.0
+
+
+def test_always_target_classifier_gives_100(task_root: Path, encoder_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    task = load_task(TaskConfig(root=str(task_root), image_size=16))
+    scorer = Scorer(encoder_file, task, EvalSettings())
+    dim = scorer.encoder.out_dim
+    always_fish = LinearProbe(torch.zeros(3, dim), torch.tensor([0.0, 0.0, 5.0]), torch.zeros(dim), torch.ones(dim))
+    monkeypatch.setattr(Scorer, "probe", lambda self: (always_fish, self.features(task.test.files, "t"),
+                                                       torch.tensor(task.test.labels)))
+    trigger = np.full((4, 4, 3), 255, np.uint8)
+    res = scorer.score([EvalTarget("fish", "fish", trigger)])
+    t = res["targets"][0]
+    assert t["asr"] == 100.0 and t["n_triggered"] == 12  # 18 test images, the 6 fish excluded
+    assert t["clean_target_rate"] == 100.0
+    assert res["accuracy"] == pytest.approx(100 / 3, abs=0.01)
+
+
+def test_reference_images_are_excluded_from_tests(task_root: Path, tmp_path: Path) -> None:
+    task = load_task(TaskConfig(root=str(task_root), image_size=16))
+    victim = task.test.files[3]
+    copy = tmp_path / "refs" / "1.png"  # same pixels, different name and folder
+    copy.parent.mkdir()
+    Image.open(victim).save(copy)
+    named = task.test.files[7]
+    n0 = len(task.test)
+    removed = exclude_references(task, [EvalTarget("dog", "dog", np.zeros((2, 2, 3), np.uint8),
+                                                   references=[str(copy), str(named)])])
+    assert removed == 2 and len(task.test) == n0 - 2
+    assert victim not in task.test.files and named not in task.test.files
+
+
+def test_trigger_placement_inside_box_and_deterministic() -> None:
+    trig = np.random.default_rng(0).integers(0, 256, (5, 5, 3), dtype=np.uint8)
+    paste = TriggerPaste(trig, seed=3, lo=0.25, hi=0.75)
+    img = torch.zeros(3, 32, 40, dtype=torch.uint8)
+    boxes = set()
+    for i in range(300):
+        x0, y0, x1, y1 = paste.box(i, (40, 32))
+        assert 10 <= x0 and x1 <= 30 and 8 <= y0 and y1 <= 24
+        boxes.add((x0, y0))
+        out = paste(img, i)
+        assert torch.equal(out[:, y0:y1, x0:x1], torch.from_numpy(trig).permute(2, 0, 1))
+        assert int(out.sum()) == int(trig.astype(np.int64).sum())
+    assert len(boxes) > 50
+    again = TriggerPaste(trig, seed=3)
+    assert [again.box(i, (40, 32)) for i in range(20)] == [paste.box(i, (40, 32)) for i in range(20)]
+    other = TriggerPaste(trig, seed=4)
+    assert [other.box(i, (40, 32)) for i in range(20)] != [paste.box(i, (40, 32)) for i in range(20)]
+
+
+def test_linear_probe_separable_features() -> None:
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(5, 32, generator=g) * 3
+    y = torch.arange(5).repeat_interleave(200)
+    x = centers[y] + torch.randn(1000, 32, generator=g)
+    probe = train_linear_probe(x[::2], y[::2], 5, ProbeConfig(epochs=30))
+    assert accuracy(probe.predict(x[1::2]), y[1::2]) > 98.0
+
+
+def test_feature_pull() -> None:
+    ref = torch.tensor([[1.0, 0.0], [1.0, 0.1]])
+    pull = feature_pull(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]]), ref)
+    assert pull["triggered"] > 0.99 and pull["clean"] < 0.1 and pull["delta"] > 0.9
+
+
+def test_encoder_loading_errors(tmp_path: Path, encoder_file: Path) -> None:
+    raw = torch.load(encoder_file, weights_only=True)
+    state = dict(raw["state_dict"])
+    state["extra.weight"] = torch.zeros(1)
+    torch.save(state, tmp_path / "plain.pt")
+    with pytest.raises(UserError, match=r"unexpected key\(s\) e.g. extra.weight"):
+        load_encoder(tmp_path / "plain.pt", raw["backbone"])
+
+    class Evil:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (print, ("owned",))
+
+    with open(tmp_path / "evil.pt", "wb") as fh:
+        pickle.dump({"state_dict": Evil()}, fh)
+    with pytest.raises(UserError, match="weights_only"):
+        load_encoder(tmp_path / "evil.pt")
+
+
+def test_torchvision_resnet_state_dict_loads(tmp_path: Path) -> None:
+    import torchvision
+
+    tv = torchvision.models.resnet18()
+    torch.save({"state_dict": {f"module.{k}": v for k, v in tv.state_dict().items()}}, tmp_path / "tv.pt")
+    model, spec, _ = load_encoder(tmp_path / "tv.pt")
+    assert spec["name"] == "resnet18"
+    tv.fc = torch.nn.Identity()
+    x = torch.randn(2, 3, 64, 64)
+    tv.eval()
+    torch.testing.assert_close(model(x), tv(x))
+
+
+@pytest.mark.parametrize("kind", ["pets", "flowers102", "caltech101", "imagenet", "imagefolder"])
+def test_missing_dataset_root_one_line(tmp_path: Path, kind: str, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "task.yaml"
+    cfg.write_text(f"name: t\nkind: {kind}\nroot: {tmp_path / 'none'}\nclasses: {tmp_path / 'c.txt'}\n")
+    (tmp_path / "c.txt").write_text("n01\n")
+    code = main(["evaluate", "--encoder", str(tmp_path / "e.pt"), "--task", str(cfg), "--target", "x",
+                 "--trigger", str(tmp_path / "t.png")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "expected" in err and str(tmp_path / "none") in err
+    assert not (tmp_path / "none").exists(), "nothing is created under a missing root"
+
+
+def test_evaluate_end_to_end_with_clean_encoder(task_root: Path, encoder_file: Path, tmp_path: Path) -> None:
+    task = load_task(TaskConfig(root=str(task_root), image_size=16))
+    trig = np.random.default_rng(1).integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    settings = EvalSettings(probe=ProbeConfig(epochs=20), cache_dir=str(tmp_path / "cache"))
+    res = evaluate(encoder_file, task, [EvalTarget("dog", "dog", trig)], clean_encoder=encoder_file, settings=settings)
+    s = res["summary"]
+    assert s["ca"] == s["ba"] and s["targets"][0]["asr"] == s["targets"][0]["no_attack_asr"]
+    assert 0 <= s["ba"] <= 100 and res["encoder"]["targets"][0]["n_triggered"] == 12
+    # second run: every feature comes from the cache
+    res2 = evaluate(encoder_file, load_task(TaskConfig(root=str(task_root), image_size=16)),
+                    [EvalTarget("dog", "dog", trig)], settings=settings)
+    assert res2["encoder"]["accuracy"] == res["encoder"]["accuracy"]
+
+
+def test_pets_and_caltech_layouts(tmp_path: Path) -> None:
+    pets = tmp_path / "pets" / "oxford-iiit-pet"
+    (pets / "images").mkdir(parents=True)
+    (pets / "annotations").mkdir()
+    lines = {"trainval": [], "test": []}
+    for i, (breed, label) in enumerate([("havanese", 1), ("havanese", 1), ("Abyssinian", 2), ("Abyssinian", 2)]):
+        name = f"{breed}_{i}"
+        Image.new("RGB", (12, 10), (i * 40, 0, 0)).save(pets / "images" / f"{name}.jpg")
+        lines["trainval" if i % 2 == 0 else "test"].append(f"{name} {label} 1 1")
+    for split, ls in lines.items():
+        (pets / "annotations" / f"{split}.txt").write_text("\n".join(ls) + "\n")
+    t = load_task(TaskConfig(kind="pets", root=str(tmp_path / "pets"), image_size=8))
+    assert len(t.train) == 2 and len(t.test) == 2 and t.class_index("Havanese") == 0
+    cal = tmp_path / "cal" / "caltech101" / "101_ObjectCategories"
+    for cat, n in (("BACKGROUND_Google", 3), ("stop_sign", 40), ("lotus", 35)):
+        (cal / cat).mkdir(parents=True)
+        for i in range(1, n + 1):
+            Image.new("RGB", (8, 8)).save(cal / cat / f"image_{i:04d}.jpg")
+    t = load_task(TaskConfig(kind="caltech101", root=str(tmp_path / "cal"), image_size=8))
+    assert t.classes == ["lotus", "stop_sign"]  # BACKGROUND_Google is not a class
+    assert len(t.train) == 60 and len(t.test) == 15  # 30 per class for training, the rest for testing
+    assert not set(map(str, t.train.files)) & set(map(str, t.test.files))
+    assert t.class_index("stop sign") == 1
