@@ -427,9 +427,63 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         _json.dumps(result)
     return 0
 
+
+# ---------------------------------------------------------------------------------------------
+# run, report, demo
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run", help="run an experiment config end to end (craft, pre-train, probe, score, report)",
+        description="Run every arm and trial of an experiment config. Each stage is cached by a hash of its "
+        "inputs under RUN_DIR/cache, so a re-run skips finished work and an interrupted run resumes. Writes "
+        "results.json, results.csv, report.md and figures/.")
+    p.add_argument("config", type=Path, help="experiment YAML (see configs/)")
+    p.add_argument("--out", type=Path, help="run folder (default: runs/<experiment name>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set seeds=[0,1,2] (repeatable)")
+    p.add_argument("--device", default="auto", help="evaluation device: auto | cpu | cuda")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_run)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from corruptencoder.experiment.config import load_experiment
+    from corruptencoder.experiment.runner import run_experiment
+
+    cfg = load_experiment(args.config, args.overrides)
+    out = args.out or Path("runs") / cfg.name
+    result = run_experiment(cfg, out, progress=not args.quiet, device=args.device)
+    _print_summary(result, out)
+    return 0
+
+
+def _print_summary(result: dict[str, Any], out: Path) -> None:
+    from corruptencoder.experiment.report import main_table
+
+    print()
+    print("\n".join(main_table(result["aggregates"])))
+    for c in result.get("checks") or []:
+        print(f"  [{'met' if c['ok'] else 'NOT met'}] {c['check']}: {c.get('value')} {c.get('detail', '')}")
+    print(f"\nreport: {out / 'report.md'}   results: {out / 'results.json'}, {out / 'results.csv'}")
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="rebuild report.md and figures from a run's results.json",
+                       description="Rebuild RUN_DIR/report.md and RUN_DIR/figures/*.png from results.json alone.")
+    p.add_argument("run_dir", type=Path)
+    p.set_defaults(func=_cmd_report)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from corruptencoder.experiment.report import rebuild_report
+
+    print(f"wrote {rebuild_report(args.run_dir)}")
+    return 0
+
 # ---------------------------------------------------------------------------------------------
 
-VERBS: list[Callable[[argparse._SubParsersAction], None]] = [_add_craft, _add_show, _add_pretrain, _add_evaluate, _add_analyze]
+VERBS: list[Callable[[argparse._SubParsersAction], None]] = [_add_craft, _add_show, _add_pretrain, _add_evaluate, _add_run, _add_report, _add_analyze]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -96,7 +96,7 @@ class ArrayStore:
     """In-memory (H, W, 3) uint8 images with the same interface as :class:`ImageStore`."""
 
     def __init__(self, arrays: Sequence[np.ndarray]) -> None:
-        self.tensors = [torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).contiguous() for a in arrays]
+        self.tensors = [torch.from_numpy(np.array(a, dtype=np.uint8)).permute(2, 0, 1).contiguous() for a in arrays]
 
     def __len__(self) -> int:
         return len(self.tensors)

@@ -1,0 +1,230 @@
+"""Experiment configs: data, targets, arms (attack x method x defence), sweeps, trials, a preset.
+
+Every arm is one pre-training setting; a sweep expands into one arm per value of one arm field
+(alpha, beta, num_poisons, trigger_size, ...). A misspelt key, an unknown attack or a sweep over a
+field that does not exist fails at load time with the key's path, before any work starts.
+Strings may use ``${ENV_VAR}`` (e.g. ``${IMAGENET_ROOT}``) so one config serves many machines.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from corruptencoder.errors import ConfigError
+from corruptencoder.evaluate.tasks import TaskKind
+from corruptencoder.utils.config import StrictModel, read_mapping, validate
+
+Attack = Literal["none", "corruptencoder", "corruptencoder-plus", "ssl-backdoor"]
+Defence = Literal["none", "localized", "no-crop", "compress"]
+Method = Literal["moco", "simclr", "swav", "msf", "byol"]
+
+
+class WorldSpec(StrictModel):
+    """The procedural demo world, used wherever a path says ``demo``."""
+
+    image_size: int = 64
+    seed: int = 0
+    n_pretrain: int = 5000
+    n_train_per_class: int = 100
+    n_test_per_class: int = 100
+    n_references: int = 3
+    n_support: int = 5
+    n_backgrounds: int = 650
+
+
+class DataSpec(StrictModel):
+    clean: str = Field("demo", description="clean pre-training images ('demo' = the demo world's pretrain split)")
+    classes: str | None = None
+    split: str = "train"
+    max_images: int | None = None
+
+
+class TaskSpec(StrictModel):
+    name: str
+    kind: TaskKind = "imagefolder"
+    root: str = Field("demo", description="'demo' = the demo world's labelled downstream split")
+    train: str | None = None
+    test: str | None = None
+    classes: str | None = None
+    train_fraction: float | None = None
+    train_per_class: int | None = None
+    test_per_class: int | None = None
+    image_size: int | None = Field(None, description="default: the pre-training image size")
+    resize: int | None = None
+
+
+class TargetSpec(StrictModel):
+    """An attacked class: its task, references and trigger (shared by all arms that attack it)."""
+
+    name: str
+    task: str = Field(description="name of the downstream task this class belongs to")
+    label: str | None = Field(None, description="class name in the task (default: name)")
+    references: list[str] = Field(default_factory=lambda: ["demo"], description="reference objects ('demo')")
+    support: list[str] = Field(default_factory=lambda: ["demo"], description="support reference images ('demo')")
+    saha_references: list[str] = Field(
+        default_factory=lambda: ["demo-test"],
+        description="SSL-Backdoor reference images ('demo-test' = the target class's test images, as the paper)")
+    trigger: str = "random"
+    trigger_seed: int | None = None
+
+
+class ArmSpec(StrictModel):
+    """One pre-training setting: every field can be swept."""
+
+    name: str = ""
+    attack: Attack = "corruptencoder"
+    method: Method = "moco"
+    defence: Defence = "none"
+    delta: float = 0.2
+    compress_fraction: float = 0.2
+    targets: list[str] | None = Field(None, description="attacked target names (default: all)")
+    num_poisons: int | None = Field(None, ge=0, description="poisons per target (default: poison_ratio)")
+    poison_ratio: float | None = Field(None, gt=0.0, lt=1.0, description="poisons / clean images, per target")
+    alpha: float = 0.5
+    beta: float = 0.5
+    trigger_size: int = Field(8, ge=1, description="trigger side in poison pixels")
+    eval_trigger_size: int | None = Field(None, description="trigger side in test images (default: as trained)")
+    trigger_type: str | None = Field(None, description="override the targets' trigger: random | white | purple | path")
+    n_references: int | None = Field(None, ge=1, description="use the first k references")
+    support_ratio: float = 0.2
+    n_support: int | None = Field(None, ge=1)
+    layout: str = "random"
+    reference_mode: Literal["object", "image"] = "object"
+    max_size: int | None = None
+    backbone: str | None = None
+    width: float | None = None
+    epochs: int | None = None
+    image_size: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    pretrain: dict[str, Any] = Field(default_factory=dict, description="raw pre-training config overrides")
+
+    @field_validator("alpha", "beta")
+    @classmethod
+    def _unit(cls, v: float) -> float:
+        if not 0.0 < v < 1.0:
+            raise ValueError(f"{v} is outside (0, 1)")
+        return v
+
+
+SWEEPABLE = tuple(k for k in ArmSpec.model_fields if k not in ("name", "pretrain"))
+
+
+class SweepSpec(StrictModel):
+    param: str
+    values: list[Any] = Field(min_length=1)
+    base: dict[str, Any] = Field(default_factory=dict, description="arm fields of the swept arm")
+    name: str | None = None
+
+    @field_validator("param")
+    @classmethod
+    def _param(cls, v: str) -> str:
+        if v not in SWEEPABLE:
+            raise ValueError(f"cannot sweep {v!r}: not an arm parameter (sweepable: {', '.join(SWEEPABLE)})")
+        return v
+
+
+class EvalSpec(StrictModel):
+    checkpoints_every: int = Field(0, ge=0, description="also score encoder snapshots every k epochs (0 = final only)")
+    probe_epochs: int = 100
+    location: tuple[float, float] = (0.25, 0.75)
+    max_object_crops: int = 200
+
+
+class ExperimentConfig(StrictModel):
+    name: str
+    description: str = ""
+    preset: Literal["cpu-tiny", "cpu-small", "gpu-small", "paper"] | None = "cpu-tiny"
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    world: WorldSpec = Field(default_factory=WorldSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    backgrounds: list[str] = Field(default_factory=lambda: ["demo"])
+    tasks: list[TaskSpec] = Field(default_factory=lambda: [TaskSpec(name="demo")], min_length=1)
+    targets: list[TargetSpec] = Field(default_factory=lambda: [TargetSpec(name="fish", task="demo")], min_length=1)
+    defaults: ArmSpec = Field(default_factory=ArmSpec)
+    arms: list[dict[str, Any]] = Field(default_factory=list)
+    sweeps: list[SweepSpec] = Field(default_factory=list)
+    evaluation: EvalSpec = Field(default_factory=EvalSpec)
+    pretrain: dict[str, Any] = Field(default_factory=dict, description="pre-training overrides for every arm")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ExperimentConfig":
+        tasks = {t.name for t in self.tasks}
+        for t in self.targets:
+            if t.task not in tasks:
+                raise ValueError(f"target {t.name}: task {t.task!r} is not one of the tasks ({', '.join(sorted(tasks))})")
+        if not self.arms and not self.sweeps:
+            raise ValueError("give at least one arm (arms:) or sweep (sweeps:)")
+        return self
+
+    def expanded_arms(self) -> list[ArmSpec]:
+        """Arms and sweep points, each a full ArmSpec (defaults, then base, then the swept value)."""
+        out: list[ArmSpec] = []
+        base = self.defaults.model_dump()
+        for i, raw in enumerate(self.arms):
+            arm = _arm({**base, **raw}, f"arms.{i}")
+            if not arm.name:
+                arm.name = arm.attack if arm.defence == "none" else f"{arm.attack}+{arm.defence}"
+            out.append(arm)
+        for i, sw in enumerate(self.sweeps):
+            for v in sw.values:
+                arm = _arm({**base, **sw.base, sw.param: v}, f"sweeps.{i}")
+                arm.name = f"{sw.name or sw.param}={v}"
+                out.append(arm)
+        names = [a.name for a in out]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ConfigError(f"arm names must be unique; repeated: {', '.join(dup)} (set name: on the arms)")
+        known = {t.name for t in self.targets}
+        for a in out:
+            for t in a.targets or []:
+                if t not in known:
+                    raise ConfigError(f"arm {a.name}: target {t!r} is not in targets ({', '.join(sorted(known))})")
+        return out
+
+    def sweep_of(self, arm_name: str) -> tuple[str, Any] | None:
+        for sw in self.sweeps:
+            for v in sw.values:
+                if arm_name == f"{sw.name or sw.param}={v}":
+                    return sw.name or sw.param, v
+        return None
+
+
+def _arm(data: dict[str, Any], where: str) -> ArmSpec:
+    try:
+        return validate(ArmSpec, data, where)
+    except ConfigError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand_env(obj: Any, path: str = "") -> Any:
+    if isinstance(obj, str):
+        def sub(m: re.Match) -> str:
+            val = os.environ.get(m.group(1))
+            if val is None:
+                raise ConfigError(f"{path}: environment variable ${{{m.group(1)}}} is not set; export it "
+                                  "(e.g. the folder of your ImageNet copy)")
+            return val
+        return _ENV.sub(sub, obj)
+    if isinstance(obj, dict):
+        return {k: _expand_env(v, f"{path}.{k}" if path else str(k)) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_expand_env(v, f"{path}.{i}") for i, v in enumerate(obj)]
+    return obj
+
+
+def load_experiment(path: str | os.PathLike, overrides: list[str] | None = None) -> ExperimentConfig:
+    from corruptencoder.utils.config import apply_overrides
+
+    data = apply_overrides(read_mapping(path), overrides or [])
+    data = _expand_env(data)
+    cfg = validate(ExperimentConfig, data, str(path))
+    cfg.expanded_arms()  # arm and sweep errors surface now, before any work
+    return cfg

@@ -1,0 +1,129 @@
+"""``report.md`` and ``figures/*.png`` from ``results.json`` alone (``corruptencoder report RUN_DIR``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from corruptencoder.errors import UserError
+
+
+def _fmt(v: Any, std: Any = None, digits: int = 1) -> str:
+    if v is None:
+        return "–"
+    try:
+        s = f"{float(v):.{digits}f}"
+    except (TypeError, ValueError):
+        return str(v)
+    if std not in (None, 0, 0.0):
+        s += f" ± {float(std):.{digits}f}"
+    return s
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out
+
+
+def main_table(aggs: Sequence[dict[str, Any]]) -> list[str]:
+    rows = [a for a in aggs if a["epoch"] == "final" and a["sweep"] is None]
+    body = []
+    for a in rows:
+        body.append([a["arm"], a["method"], a["defence"], a["target"], _fmt(a["ca"], a["ca_std"]),
+                     _fmt(a["ba"], a["ba_std"]), _fmt(a["asr"], a["asr_std"]), _fmt(a["no_attack_asr"]),
+                     _fmt(a["reference_accuracy"]), _fmt(a["pull_delta"], None, 3) + " / " + _fmt(a["pull_delta_clean"], None, 3),
+                     f"{a.get('top_triggered_class') or '–'} ({_fmt(a.get('top_triggered_share'))}%)"])
+    return _table(["arm", "method", "defence", "target", "CA", "BA", "ASR", "no-attack ASR", "ref. acc",
+                   "pull Δ (attacked / clean)", "top triggered class"], body)
+
+
+def training_table(aggs: Sequence[dict[str, Any]]) -> list[str]:
+    rows = [a for a in aggs if a["epoch"] != "final"]
+    if not rows:
+        return []
+    epochs = sorted({int(a["epoch"]) for a in rows})
+    body = []
+    for arm, target in sorted({(a["arm"], a["target"]) for a in rows}):
+        cells = []
+        for e in epochs:
+            a = next((x for x in rows if x["arm"] == arm and x["target"] == target and int(x["epoch"]) == e), None)
+            cells.append(_fmt(a["asr"], a["asr_std"]) + f" ({_fmt(a['pull_delta'], None, 3)})" if a else "–")
+        body.append([arm, target, *cells])
+    return _table(["arm", "target", *[f"epoch {e}" for e in epochs]], body)
+
+
+def sweep_table(aggs: Sequence[dict[str, Any]], sweep: str) -> list[str]:
+    rows = [a for a in aggs if a["epoch"] == "final" and a["sweep"] == sweep]
+    body = [[str(a["sweep_value"]), a["target"], _fmt(a["ca"], a["ca_std"]), _fmt(a["ba"], a["ba_std"]),
+             _fmt(a["asr"], a["asr_std"]), _fmt(a["reference_accuracy"]), _fmt(a["pull_delta"], None, 3)] for a in rows]
+    return _table([sweep, "target", "CA", "BA", "ASR", "ref. acc", "pull Δ"], body)
+
+
+def write_report(run_dir: Path, result: dict[str, Any]) -> Path:
+    from corruptencoder.experiment import figures
+
+    run_dir = Path(run_dir)
+    aggs = result["aggregates"]
+    figs = run_dir / "figures"
+    lines = [f"# {result['experiment']}", ""]
+    if result.get("description"):
+        lines += [result["description"], ""]
+    n_trials = len(result.get("seeds", []))
+    lines += [f"Preset `{result.get('preset')}`, {n_trials} trial(s) (seeds {result.get('seeds')}), "
+              f"corruptencoder {result.get('version')}, {result.get('seconds', 0):.0f} s in this invocation.", ""]
+    st = result.get("stages") or {}
+    if st:
+        lines += ["Stages this invocation: " + ", ".join(f"{k} {v['ran']} ran / {v['cached']} cached"
+                                                        for k, v in st.items()), ""]
+    lines += ["## Results (final encoders, mean ± std over trials)", "",
+              "CA: clean encoder, clean test images. BA: backdoored encoder, clean test images. ASR: triggered "
+              "non-target test images predicted as the target. ref. acc: reference objects the downstream classifier "
+              "labels as the target (roughly the ceiling on ASR). pull Δ: mean cosine of triggered minus clean test "
+              "images to the reference objects' mean embedding (the backdoor in feature space).", ""]
+    lines += main_table(aggs) + [""]
+    p = figures.asr_by_arm(aggs, figs / "asr_by_arm.png")
+    if p:
+        lines += [f"![ASR by arm](figures/{p.name})", ""]
+    checks = result.get("checks") or []
+    if checks:
+        lines += ["## Benchmark targets", ""]
+        lines += _table(["check", "value", "detail", "met"],
+                        [[c["check"], _fmt(c.get("value")), c.get("detail", ""), "yes" if c["ok"] else "**no**"]
+                         for c in checks]) + [""]
+    tt = training_table(aggs)
+    if tt:
+        lines += ["## ASR along training (ASR %, pull Δ in brackets)", ""] + tt + [""]
+        p = figures.asr_over_training(aggs, figs / "asr_over_training.png")
+        if p:
+            lines += [f"![ASR along training](figures/{p.name})", ""]
+    for sweep in sorted({a["sweep"] for a in aggs if a["sweep"]}):
+        lines += [f"## Sweep: {sweep}", ""] + sweep_table(aggs, sweep) + [""]
+        p = figures.sweep_curves(aggs, sweep, figs / f"sweep_{sweep}.png")
+        if p:
+            lines += [f"![{sweep}](figures/{p.name})", ""]
+    grids = []
+    seen = set()
+    for r in result["rows"]:
+        folder = r.get("poisons")
+        if folder and r["attack"] not in seen and Path(folder).is_dir():
+            seen.add(r["attack"])
+            g = figures.poison_grid(Path(folder), figs / f"poisons_{r['attack']}.png")
+            if g:
+                grids.append((r["attack"], g))
+    if grids:
+        lines += ["## Poisons", ""] + [f"![{a}](figures/{g.name})" for a, g in grids] + [""]
+    lines += ["## Files", "", "`results.json` (every row, aggregates, checks, config), `results.csv`, "
+              "`figures/`, `stages.jsonl` (what ran and what came from the cache).", ""]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def rebuild_report(run_dir: str | Path) -> Path:
+    run_dir = Path(run_dir)
+    res = run_dir / "results.json"
+    if not res.is_file():
+        raise UserError(f"{run_dir}: no results.json; is this a folder written by 'corruptencoder run'?")
+    return write_report(run_dir, json.loads(res.read_text(encoding="utf-8")))

@@ -1,0 +1,146 @@
+"""Results: one row per arm x trial x target x checkpoint, aggregates over trials, target checks.
+
+``results.json`` holds the config, every row, the mean/std aggregates and the benchmark checks;
+``results.csv`` the rows plus the aggregate rows (``seed = "mean"``). The report is rebuilt from
+``results.json`` alone (``corruptencoder report RUN_DIR``).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from corruptencoder import __version__
+from corruptencoder.experiment.config import ArmSpec, ExperimentConfig
+from corruptencoder.utils.outputs import write_json_atomic
+
+METRICS = ("ca", "ba", "asr", "no_attack_asr", "reference_accuracy", "reference_accuracy_clean",
+           "object_crop_accuracy", "pull_triggered", "pull_clean", "pull_delta", "pull_delta_clean",
+           "clean_target_rate", "top_triggered_share")
+KEYS = ("arm", "attack", "method", "defence", "sweep", "sweep_value", "target", "task", "epoch")
+
+
+def collect_rows(cfg: ExperimentConfig, arm: ArmSpec, seed: int, task: str, epoch: int | None,
+                 res: dict[str, Any], meta: dict[str, Any], sweep: tuple[str, Any] | None,
+                 poisons: Path | None = None) -> list[dict[str, Any]]:
+    enc, clean = res["encoder"], res.get("clean_encoder") or res["encoder"]
+    rows = []
+    for i, t in enumerate(enc["targets"]):
+        c = clean["targets"][i]
+        hist = t.get("triggered_prediction_histogram") or {}
+        top = next(iter(hist.items()), (None, float("nan")))
+        rows.append({
+            "experiment": cfg.name, "arm": arm.name, "attack": arm.attack, "method": arm.method,
+            "defence": arm.defence, "sweep": sweep[0] if sweep else None, "sweep_value": sweep[1] if sweep else None,
+            "seed": seed, "target": t["name"], "task": task, "epoch": epoch if epoch is not None else "final",
+            "ca": clean["accuracy"], "ba": enc["accuracy"] if arm.attack != "none" else None,
+            "asr": t["asr"], "no_attack_asr": c["asr"],
+            "reference_accuracy": t["reference_accuracy"], "reference_accuracy_clean": c["reference_accuracy"],
+            "object_crop_accuracy": t["object_crop_accuracy"],
+            "pull_triggered": t["pull"].get("triggered"), "pull_clean": t["pull"].get("clean"),
+            "pull_delta": t["pull"].get("delta"), "pull_delta_clean": c["pull"].get("delta"),
+            "clean_target_rate": t["clean_target_rate"], "top_triggered_class": top[0],
+            "top_triggered_share": top[1], "triggered_histogram": hist,
+            "n_test": enc["n_test"], "n_triggered": t["n_triggered"],
+            "num_poisons": meta.get("num_poisons", 0), "poison_ratio": meta.get("poison_ratio", 0.0),
+            "pretrain_seconds": meta.get("seconds"), "pretrain_img_s": meta.get("images_per_second"),
+            "epochs_trained": meta.get("epochs"), "poisons": str(poisons) if poisons else None,
+        })
+    return rows
+
+
+def _num(v: Any) -> float | None:
+    if v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
+def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and std over trials (seeds) for every arm x target x epoch."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r.get(k) for k in KEYS), []).append(r)
+    out = []
+    for key, rs in groups.items():
+        agg: dict[str, Any] = dict(zip(KEYS, key))
+        agg["trials"] = len(rs)
+        for m in METRICS:
+            vals = [v for v in (_num(r.get(m)) for r in rs) if v is not None]
+            agg[m] = round(float(np.mean(vals)), 3) if vals else None
+            agg[f"{m}_std"] = round(float(np.std(vals)), 3) if len(vals) > 1 else (0.0 if vals else None)
+        for k in ("num_poisons", "poison_ratio", "pretrain_seconds", "epochs_trained"):
+            vals = [v for v in (_num(r.get(k)) for r in rs) if v is not None]
+            agg[k] = round(float(np.mean(vals)), 4) if vals else None
+        top = [r.get("top_triggered_class") for r in rs if r.get("top_triggered_class")]
+        agg["top_triggered_class"] = max(set(top), key=top.count) if top else None
+        out.append(agg)
+    return out
+
+
+def _final(aggs: Sequence[dict[str, Any]], **match: Any) -> list[dict[str, Any]]:
+    return [a for a in aggs if a["epoch"] == "final" and all(a.get(k) == v for k, v in match.items())]
+
+
+def target_checks(aggs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The benchmark targets of the experiments issue, where the arms to judge them exist."""
+    checks = []
+    ce = _final(aggs, attack="corruptencoder", defence="none", sweep=None)
+    saha = _final(aggs, attack="ssl-backdoor", defence="none", sweep=None)
+    loc = _final(aggs, attack="corruptencoder", defence="localized", sweep=None)
+    for a in ce:
+        if a["asr"] is not None:
+            checks.append({"check": f"CorruptEncoder ASR >= 60 ({a['target']}, {a['method']})", "value": a["asr"],
+                           "ok": a["asr"] >= 60})
+        s = next((x for x in saha if x["target"] == a["target"] and x["method"] == a["method"]), None)
+        if s and s["asr"] is not None and a["asr"] is not None:
+            ratio = a["asr"] / max(s["asr"], 1e-9)
+            checks.append({"check": f"CorruptEncoder ASR >= 3x SSL-Backdoor ASR ({a['target']})",
+                           "value": round(ratio, 2) if s["asr"] > 0 else None,
+                           "detail": f"{a['asr']:.1f} vs {s['asr']:.1f}", "ok": a["asr"] >= 3 * s["asr"]})
+        if a["ba"] is not None and a["ca"] is not None:
+            checks.append({"check": f"|BA - CA| <= 3 ({a['target']}, {a['method']})",
+                           "value": round(abs(a["ba"] - a["ca"]), 2), "ok": abs(a["ba"] - a["ca"]) <= 3})
+        lo = next((x for x in loc if x["target"] == a["target"] and x["method"] == a["method"]), None)
+        if lo and a["asr"] is not None and lo["asr"] is not None and a["asr"] > 0:
+            cut = 100 * (1 - lo["asr"] / a["asr"])
+            checks.append({"check": f"localized cropping cuts CorruptEncoder ASR by >= 80% ({a['target']})",
+                           "value": round(cut, 1), "detail": f"{a['asr']:.1f} -> {lo['asr']:.1f}", "ok": cut >= 80})
+    return checks
+
+
+CSV_COLUMNS = ("experiment", "arm", "attack", "method", "defence", "sweep", "sweep_value", "seed", "target", "task",
+               "epoch", "ca", "ba", "asr", "no_attack_asr", "reference_accuracy", "reference_accuracy_clean",
+               "object_crop_accuracy", "pull_triggered", "pull_clean", "pull_delta", "pull_delta_clean",
+               "clean_target_rate", "top_triggered_class", "top_triggered_share", "n_test", "n_triggered",
+               "num_poisons", "poison_ratio", "pretrain_seconds", "epochs_trained", "trials")
+
+
+def write_results(run_dir: Path, cfg: ExperimentConfig, arms: Sequence[ArmSpec], rows: list[dict[str, Any]],
+                  seconds: float, stages: dict[str, Any]) -> dict[str, Any]:
+    from corruptencoder.experiment.report import write_report
+
+    aggs = aggregate(rows)
+    result = {
+        "tool": "corruptencoder", "version": __version__, "experiment": cfg.name, "description": cfg.description,
+        "preset": cfg.preset, "seeds": cfg.seeds, "config": cfg.model_dump(mode="json"),
+        "arms": [a.model_dump(mode="json") for a in arms], "rows": rows, "aggregates": aggs,
+        "checks": target_checks(aggs), "seconds": round(seconds, 1), "stages": stages,
+    }
+    write_json_atomic(run_dir / "results.json", result)
+    with open(run_dir / "results.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow(r)
+        for a in aggs:
+            w.writerow({**a, "experiment": cfg.name, "seed": "mean"})
+    write_report(run_dir, result)
+    return result

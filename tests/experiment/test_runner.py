@@ -1,0 +1,116 @@
+"""The experiment runner: outputs, caching (checked), resume after an interruption, config errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from corruptencoder.cli import main
+from corruptencoder.errors import ConfigError
+from corruptencoder.experiment.config import load_experiment
+from corruptencoder.experiment.runner import Runner
+
+TINY = {
+    "name": "tiny", "preset": "cpu-tiny", "seeds": [0],
+    "world": {"image_size": 32, "n_pretrain": 120, "n_train_per_class": 6, "n_test_per_class": 6,
+              "n_backgrounds": 24, "n_support": 3},
+    "defaults": {"num_poisons": 12, "trigger_size": 2, "eval_trigger_size": 3, "epochs": 1, "batch_size": 32},
+    "pretrain": {"method": {"queue_size": 64}, "backbone": {"width": 0.25}, "trainer": {"threads": 1}},
+    "arms": [{"name": "no-attack", "attack": "none"}, {"name": "ce", "attack": "corruptencoder"}],
+    "evaluation": {"probe_epochs": 5, "checkpoints_every": 1},
+}
+
+
+def write(tmp_path: Path, cfg: dict, name: str = "exp.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def counts(run: Path, since: int = 0) -> dict[str, int]:
+    out: dict[str, int] = {}
+    lines = (run / "stages.jsonl").read_text().splitlines()[since:]
+    for ln in lines:
+        e = json.loads(ln)
+        if e["status"] == "ran":
+            out[e["stage"]] = out.get(e["stage"], 0) + 1
+    return out
+
+
+def n_lines(run: Path) -> int:
+    return len((run / "stages.jsonl").read_text().splitlines())
+
+
+def test_two_arms_run_write_everything_then_cache(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert main(["run", str(write(tmp_path, TINY)), "--out", str(run), "--quiet"]) == 0
+    for f in ("results.json", "results.csv", "report.md", "figures/asr_by_arm.png", "figures/asr_over_training.png"):
+        assert (run / f).is_file(), f
+    res = json.loads((run / "results.json").read_text())
+    arms = {r["arm"] for r in res["rows"]}
+    assert arms == {"no-attack", "ce"}
+    final = [r for r in res["rows"] if r["epoch"] == "final"]
+    assert all(0 <= r["ca"] <= 100 and 0 <= r["asr"] <= 100 for r in final)
+    assert {r["epoch"] for r in res["rows"]} == {1, "final"}
+    first = counts(run)
+    assert first == {"craft": 1, "pretrain": 2, "evaluate": 4}  # clean encoder shared by both arms
+    # the same config again: nothing is trained or evaluated
+    mark = n_lines(run)
+    assert main(["run", str(write(tmp_path, TINY)), "--out", str(run), "--quiet"]) == 0
+    assert counts(run, mark) == {}
+    # one arm's parameter changes: only that arm is crafted, trained and scored again
+    changed = json.loads(json.dumps(TINY))
+    changed["arms"][1]["alpha"] = 0.4
+    mark = n_lines(run)
+    assert main(["run", str(write(tmp_path, changed, "b.yaml")), "--out", str(run), "--quiet"]) == 0
+    assert counts(run, mark) == {"craft": 1, "pretrain": 1, "evaluate": 2}
+    # the report is rebuilt from results alone
+    (run / "report.md").unlink()
+    assert main(["report", str(run)]) == 0 and (run / "report.md").is_file()
+
+
+def test_interrupted_run_resumes_without_redoing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = load_experiment(write(tmp_path, TINY))
+    run = tmp_path / "run"
+    real = Runner.evaluate
+
+    def boom(self, *a, **k):  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Runner, "evaluate", boom)
+    with pytest.raises(KeyboardInterrupt):
+        Runner(cfg, run, progress=False, say=lambda s: None).run()
+    assert counts(run) == {"pretrain": 1}  # stopped between stages
+    monkeypatch.setattr(Runner, "evaluate", real)
+    mark = n_lines(run)
+    Runner(cfg, run, progress=False, say=lambda s: None).run()
+    assert counts(run, mark).get("pretrain") == 1  # only the attacked arm's encoder is new
+    assert (run / "results.json").is_file()
+
+
+@pytest.mark.parametrize("change,needle", [
+    ({"arms": [{"attack": "badnets"}]}, "arms.0"),
+    ({"sweeps": [{"param": "gamma", "values": [1, 2]}]}, "cannot sweep 'gamma'"),
+    ({"defaults": {"alpah": 0.3}}, "defaults.alpah"),
+    ({"targets": [{"name": "fish", "task": "nope"}]}, "task 'nope'"),
+])
+def test_config_errors_before_any_work(tmp_path: Path, change: dict, needle: str,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = {**TINY, **change}
+    run = tmp_path / "run"
+    code = main(["run", str(write(tmp_path, cfg)), "--out", str(run), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and needle in err and len(err.splitlines()) == 1
+    assert not run.exists()
+
+
+def test_sweep_expands_into_arms(tmp_path: Path) -> None:
+    cfg = load_experiment(write(tmp_path, {**TINY, "arms": [], "sweeps": [
+        {"param": "alpha", "values": [0.3, 0.5], "base": {"attack": "corruptencoder"}}]}))
+    arms = cfg.expanded_arms()
+    assert [a.name for a in arms] == ["alpha=0.3", "alpha=0.5"] and [a.alpha for a in arms] == [0.3, 0.5]
+    with pytest.raises(ConfigError, match="environment variable"):
+        load_experiment(write(tmp_path, {**TINY, "data": {"clean": "${NO_SUCH_VAR_X}/train"}}))
