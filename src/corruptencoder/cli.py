@@ -428,6 +428,86 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+
+# ---------------------------------------------------------------------------------------------
+# defend
+
+
+def _add_defend(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("defend", help="defences that act on a trained encoder (CompRess distillation)",
+                       description="Defences applied after pre-training. The cropping defences are pre-training "
+                       "options: 'pretrain --crop localized' and 'pretrain --crop none'.")
+    dsub = p.add_subparsers(dest="defence", metavar="DEFENCE", parser_class=_Parser)
+    c = dsub.add_parser(
+        "compress", help="distil a (possibly backdoored) encoder into a fresh student on clean data",
+        description="CompRess distillation (Table 4): a fresh student learns the frozen teacher's similarity "
+        "distributions over a memory bank, on a clean subset (a fraction or a file list) of the pre-training data. "
+        "Writes OUT/encoder.pt, which 'evaluate' scores like any encoder, and OUT/train_files.txt (the subset).")
+    c.add_argument("--teacher", type=Path, required=True, help="the suspect encoder.pt")
+    c.add_argument("--data", required=True, help="clean data: ImageFolder root, folder or file list ('demo')")
+    c.add_argument("--fraction", type=float, help="seeded fraction of --data to use (the paper: 0.05 or 0.2)")
+    c.add_argument("--exclude", nargs="+", default=[], help="poison folders whose files must never be used")
+    c.add_argument("--variant", choices=["2q", "1q"], help="CompRess-2q (default) or -1q")
+    c.add_argument("--teacher-backbone", help="backbone of a plain state-dict teacher (an encoder.pt knows its own)")
+    c.add_argument("--config", type=Path, help="pre-training config for the student (backbone, schedule, ...)")
+    c.add_argument("--preset", help="scale preset: cpu-tiny | cpu-small | gpu-small | paper")
+    c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    c.add_argument("--backbone", help="student backbone (default: the teacher's)")
+    c.add_argument("--width", type=float, help="student width multiplier (default: the teacher's)")
+    c.add_argument("--epochs", type=int)
+    c.add_argument("--image-size", type=int)
+    c.add_argument("--seed", type=int)
+    c.add_argument("--out", type=Path, required=True)
+    c.add_argument("--resume", action="store_true")
+    c.add_argument("--overwrite", action="store_true")
+    c.add_argument("--quiet", action="store_true")
+    c.set_defaults(func=_cmd_defend_compress)
+    p.set_defaults(func=lambda a: (p.print_help(), 0)[1])
+
+
+def _cmd_defend_compress(args: argparse.Namespace) -> int:
+    from corruptencoder.presets import apply_preset
+    from corruptencoder.ssl.config import PretrainConfig
+    from corruptencoder.ssl.encoder import read_checkpoint
+    from corruptencoder.ssl.train import pretrain
+    from corruptencoder.utils.config import apply_overrides, read_mapping, validate
+
+    if args.fraction is not None and not 0.0 < args.fraction <= 1.0:
+        raise UserError(f"--fraction {args.fraction} is outside (0, 1]; the paper uses 0.05 and 0.2")
+    teacher = read_checkpoint(args.teacher)  # refuses pickles that need code, before any work
+    spec = teacher.get("backbone", {}) if isinstance(teacher, dict) else {}
+    if args.teacher_backbone:
+        from corruptencoder.ssl.backbones import backbone_spec
+        from corruptencoder.ssl.encoder import load_encoder
+
+        load_encoder(args.teacher, backbone_spec(args.teacher_backbone, args.width or 1.0))  # fits, or says why
+    meta = teacher.get("meta", {}) if isinstance(teacher, dict) else {}
+    data: dict[str, Any] = read_mapping(args.config) if args.config else {}
+    clean = args.data
+    if clean == "demo":
+        from corruptencoder.demo import demo_world
+
+        clean = str(demo_world() / "pretrain")
+    over = ["method.name=compress", f"method.teacher={args.teacher}", f"data.clean={clean}"]
+    if args.fraction is not None:
+        over.append(f"data.fraction={args.fraction}")
+    for flag, key, default in (("backbone", "backbone.name", spec.get("name")), ("width", "backbone.width", spec.get("width")),
+                               ("image_size", "data.image_size", meta.get("image_size")), ("epochs", "optim.epochs", None),
+                               ("seed", "trainer.seed", None), ("variant", "method.variant", None),
+                               ("teacher_backbone", "method.teacher_backbone", None)):
+        value = getattr(args, flag)
+        value = value if value is not None else default
+        if value is not None:
+            over.append(f"{key}={value}")
+    data = apply_overrides(data, over + list(args.overrides))
+    data.setdefault("data", {})["exclude"] = [str(p) for p in args.exclude]
+    data = apply_preset(args.preset, data)
+    cfg = validate(PretrainConfig, data, str(args.config) if args.config else "defend compress options")
+    res = pretrain(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    print(f"distilled {args.teacher} into a {cfg.backbone.name} student on {res.num_images} clean images "
+          f"({cfg.data.fraction or 1.0:.0%} of the data) in {res.seconds:.0f} s -> {res.encoder}")
+    return 0
+
 # ---------------------------------------------------------------------------------------------
 # run, report, demo
 
@@ -483,7 +563,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------
 
-VERBS: list[Callable[[argparse._SubParsersAction], None]] = [_add_craft, _add_show, _add_pretrain, _add_evaluate, _add_run, _add_report, _add_analyze]
+VERBS: list[Callable[[argparse._SubParsersAction], None]] = [_add_craft, _add_show, _add_pretrain, _add_evaluate, _add_run, _add_report, _add_defend, _add_analyze]
 
 
 def build_parser() -> argparse.ArgumentParser:

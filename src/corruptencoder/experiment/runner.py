@@ -183,8 +183,10 @@ class Runner:
         return PretrainConfig.model_validate(body)
 
     @staticmethod
-    def pretrain_key(cfg: Any, poisons: Path | None) -> str:
+    def pretrain_key(cfg: Any, poisons: Path | None, arm: ArmSpec | None = None) -> str:
         body = cfg.model_dump(mode="json")
+        if arm is not None and arm.defence == "compress":  # a distilled student, not its teacher
+            body["defence"] = {"compress": arm.compress_fraction}
         for k in ("progress", "accelerator", "devices", "threads", "log_every_n_steps"):
             body["trainer"].pop(k, None)
         body["data"].pop("workers", None)
@@ -195,7 +197,7 @@ class Runner:
         from corruptencoder.ssl.train import pretrain
 
         cfg = self.pretrain_config(arm, seed, poisons)
-        key = self.pretrain_key(cfg, poisons)
+        key = self.pretrain_key(cfg, poisons, arm)
         out = self.cache / "encoders" / key
         if (out / "encoder.pt").is_file():
             self.log.add("pretrain", key, "cached", 0.0, f"{role} seed {seed}")

@@ -75,16 +75,19 @@ class MSFConfig(StrictModel):
 
 
 class DistillConfig(StrictModel):
-    """CompRess (Koohpayegani et al. 2020) distillation of a frozen teacher into a student."""
+    """CompRess (Koohpayegani, Tejankar, Pirsiavash, NeurIPS 2020): distil a frozen teacher into a student
+    by matching their similarity distributions over a memory bank of past samples."""
 
     name: Literal["compress"] = "compress"
-    teacher: str = Field("", description="teacher encoder.pt (weights_only load)")
+    teacher: str = Field(description="teacher encoder.pt (loaded with weights_only=True)")
+    teacher_backbone: str | None = Field(None, description="backbone of a plain state-dict teacher (encoder.pt knows)")
+    teacher_width: float = 1.0
     variant: Literal["2q", "1q"] = Field("2q", description="2q: each network its own queue; 1q: the teacher's for both")
     queue_size: int = Field(128000, ge=1)
-    teacher_temperature: float = 0.01
-    student_temperature: float = 0.02
-    proj_dim: int = 128
-    proj_hidden: int | None = None
+    temperature: float = Field(0.04, gt=0.0, description="softmax temperature of teacher and student (CompRess: 0.04)")
+    momentum: float = Field(0.999, description="EMA of the student copy that fills the student's queue")
+    proj_hidden: int | None = Field(None, description="width of an optional student MLP head")
+    proj_dim: int | None = Field(None, description="optional student head output size (default: no head)")
 
 
 MethodConfig = Annotated[
@@ -99,7 +102,7 @@ OPTIM_DEFAULTS: dict[str, tuple[str, float, float, float]] = {
     "swav": ("lars", 0.6, 1e-6, 0.0),       # batch 256 recipe
     "byol": ("lars", 0.2, 1.5e-6, 10.0),
     "msf": ("sgd", 0.05, 1e-4, 0.0),
-    "compress": ("sgd", 0.05, 1e-4, 0.0),
+    "compress": ("sgd", 0.01, 1e-4, 0.0),   # CompRess: lr 0.01 at batch 256
 }
 
 
@@ -108,11 +111,20 @@ class DataConfig(StrictModel):
     classes: str | None = Field(None, description="class list (e.g. ImageNet100-A wnids) to take from an ImageFolder")
     split: str = Field("train", description="sub-folder of an ImageNet-style root holding the split")
     max_images: int | None = Field(None, ge=1, description="seeded subset of the clean images")
+    fraction: float | None = Field(None, description="seeded fraction of the clean images (CompRess clean subset)")
+    exclude: list[str] = Field(default_factory=list, description="poison folders whose files are never used")
     poisons: list[str] = Field(default_factory=list, description="poison folders written by 'corruptencoder craft'")
     image_size: int = Field(224, ge=8)
     cache: Literal["auto", "memory", "none"] = "auto"
     cache_short_side: int | None = Field(None, description="decode-time shrink (default 4x image_size)")
     workers: int | None = Field(None, ge=0, description="DataLoader workers (default: 0 on <= 2 CPU cores)")
+
+    @field_validator("fraction")
+    @classmethod
+    def _fraction(cls, v: float | None) -> float | None:
+        if v is not None and not 0.0 < v <= 1.0:
+            raise ValueError(f"fraction={v} is outside (0, 1]; e.g. 0.05 or 0.2 of the clean data")
+        return v
 
     @model_validator(mode="after")
     def _need_data(self) -> "DataConfig":

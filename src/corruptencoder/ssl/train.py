@@ -39,6 +39,7 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=r".*litlogger.*")
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")  # CompRess' frozen teacher
 
 
 def method_class(name: str) -> type:
@@ -71,8 +72,15 @@ def pretrain_files(cfg: PretrainConfig) -> Any:
         if classes is not None and (root / d.split).is_dir():
             root = root / d.split
         clean = load_collection(root, classes, what="clean pre-training data")
+        if d.exclude:  # a defender's clean subset must never hold a poison, whatever list it came from
+            from corruptencoder.poison.manifest import poison_files
+
+            banned = {str(p.resolve()) for folder in d.exclude for p in poison_files(folder)}
+            clean = clean.subset([i for i, f in enumerate(clean.files) if str(Path(f).resolve()) not in banned])
         if d.max_images and d.max_images < len(clean):
             clean = stratified_subset(clean, total=d.max_images, seed=cfg.trainer.seed)
+        if d.fraction and d.fraction < 1.0:
+            clean = stratified_subset(clean, fraction=d.fraction, seed=cfg.trainer.seed)
     else:
         clean = ImageCollection([], None, None, "")
     return pretraining_files(clean, d.poisons)
@@ -207,6 +215,9 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False, over
     if len(files) < 2:
         raise UserError(f"pre-training needs at least 2 images, found {len(files)}; check data.clean / data.poisons")
     ckpt = prepare_output(cfg, out, resume, overwrite)
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0:
+        # the exact training files (the clean subset of a defence included), for reproducibility
+        (out / "train_files.txt").write_text("".join(f"{f}\n" for f in files.files), encoding="utf-8")
     if resume and ckpt is None and (out / "encoder.pt").is_file():
         log.info("%s: already finished; nothing to resume", out)
     rt = resolve_runtime(cfg)

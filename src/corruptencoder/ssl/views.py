@@ -73,7 +73,7 @@ def view_plan(cfg: PretrainConfig) -> ViewPlan:
     name = cfg.method.name
     s = cfg.data.image_size
     v = cfg.views
-    colours = {"moco": [MOCO_V2, MOCO_V2], "compress": [MOCO_V2], "simclr": [SIMCLR, SIMCLR],
+    colours = {"moco": [MOCO_V2, MOCO_V2], "compress": [WEAK], "simclr": [SIMCLR, SIMCLR],
                "byol": [BYOL_1, BYOL_2], "swav": [SIMCLR, SIMCLR], "msf": [WEAK, MOCO_V2]}[name]
     scale = v.scale or METHOD_SCALES[name]
     if v.blur is not None:
