@@ -43,8 +43,9 @@ def _add_craft(sub: argparse._SubParsersAction) -> None:
         description="Craft poisoned images into an output folder with manifest.jsonl, poisons.txt and the "
         "triggers. Give an attack and its options, or --config FILE for several targets.",
     )
-    p.add_argument("attack", nargs="?", choices=["corruptencoder", "corruptencoder-plus", "ssl-backdoor"],
-                   help="attack to craft (omit with --config)")
+    p.add_argument("attack", nargs="?", choices=["corruptencoder", "corruptencoder-plus", "ssl-backdoor",
+                                                 "corruptencoder-mm", "carlini-terzis"],
+                   help="attack to craft (omit with --config); -mm and carlini-terzis make image-text pairs")
     p.add_argument("--config", type=Path, help="YAML/JSON crafting config (several targets); options below override it")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set targets.0.alpha=0.4 (repeatable)")
@@ -71,6 +72,9 @@ def _add_craft(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--support-ratio", type=float, help="fraction of N that are support poisons (default 0.2)")
     g.add_argument("--location", nargs=2, type=float, metavar=("LO", "HI"),
                    help="SSL-Backdoor trigger range as image fractions (default 0.25 0.75)")
+    g.add_argument("--prompts", help="multi-modal caption templates: imagenet80 (default) | simple | a file")
+    g.add_argument("--class-text", help="the class name written in captions (default: from --target/--label)")
+    g.add_argument("--type1-size", type=int, help="multi-modal Type-I images: square side in px (default 224)")
     g.add_argument("--object-label", action="append", help="labelme label(s) of the object (default: all but cut)")
     g.add_argument("--cut-label", action="append", help="labelme label(s) that cut holes (default: nmask)")
     o = p.add_argument_group("output")
@@ -88,7 +92,8 @@ _TARGET_FLAGS = {
     "support": "support", "num": "num", "trigger": "trigger", "trigger_size": "trigger_size",
     "trigger_seed": "trigger_seed", "alpha": "alpha", "beta": "beta", "layout": "layout",
     "reference_mode": "reference_mode", "support_ratio": "support_ratio", "location": "location",
-    "object_label": "object_labels", "cut_label": "cut_labels",
+    "object_label": "object_labels", "cut_label": "cut_labels", "prompts": "prompts", "class_text": "class_text",
+    "type1_size": "type1_size",
 }
 _FLAG_OF = {dest: "--" + flag.replace("_", "-") for flag, dest in _TARGET_FLAGS.items()}
 _RUN_FLAGS = {"seed": "seed", "workers": "workers", "format": "format", "max_size": "max_size",
@@ -114,9 +119,9 @@ def craft_config_from_args(args: argparse.Namespace) -> Any:
     else:
         if not args.attack:
             raise UserError("craft needs an attack (corruptencoder, corruptencoder-plus, ssl-backdoor) or --config")
-        if "references" not in target_flags:
+        if "references" not in target_flags and args.attack != "carlini-terzis":
             raise UserError("craft needs --references (a folder, files or 'builtin')")
-        target_flags.setdefault("name", _default_target_name(target_flags["references"]))
+        target_flags.setdefault("name", _default_target_name(target_flags.get("references") or ["target"]))
         data["targets"] = [target_flags]
     for flag, dest in _RUN_FLAGS.items():
         if getattr(args, flag) is not None:
@@ -210,7 +215,9 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     g = p.add_argument_group("shortcuts for common keys")
-    g.add_argument("--method", choices=["moco", "simclr", "swav", "msf", "byol"], help="method.name (default moco)")
+    g.add_argument("--method", choices=["moco", "simclr", "swav", "msf", "byol", "clip"],
+                   help="method.name (default moco; clip trains on image-text pairs, see --pairs)")
+    g.add_argument("--pairs", help="data.pairs: image-text pairs for clip (open_clip CSV/TSV or tar shards)")
     g.add_argument("--data", help="data.clean: ImageFolder root, folder or file list ('demo' = the demo world)")
     g.add_argument("--classes", help="data.classes: class list, e.g. imagenet100_A.txt")
     g.add_argument("--poisons", nargs="+", help="data.poisons: folders written by 'craft'")
@@ -230,7 +237,7 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
 
 
 _PRETRAIN_FLAGS = {
-    "method": "method.name", "data": "data.clean", "classes": "data.classes", "poisons": "data.poisons",
+    "method": "method.name", "data": "data.clean", "pairs": "data.pairs", "classes": "data.classes", "poisons": "data.poisons",
     "image_size": "data.image_size", "backbone": "backbone.name", "width": "backbone.width", "epochs": "optim.epochs",
     "batch_size": "optim.batch_size", "lr": "optim.lr", "crop": "views.crop", "delta": "views.delta",
     "devices": "trainer.devices", "accelerator": "trainer.accelerator", "seed": "trainer.seed",
@@ -371,6 +378,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--location", nargs=2, type=float, default=[0.25, 0.75], metavar=("LO", "HI"),
                    help="triggers go wholly inside this central box of test images (default 0.25 0.75)")
     p.add_argument("--image-size", type=int, help="override the task's evaluation image size")
+    p.add_argument("--zero-shot", type=Path, help="a clip.pt: also score zero-shot classification with its text tower")
+    p.add_argument("--clean-zero-shot", type=Path, help="the clean setting's clip.pt (zero-shot CA, no-attack ASR)")
+    p.add_argument("--prompts", default="imagenet80", help="zero-shot prompt templates (imagenet80 | simple | file)")
     p.add_argument("--probe-epochs", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -420,6 +430,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                             cache_dir=str(args.out / "features") if args.out else None, progress=not args.quiet)
     result = evaluate(args.encoder, task, targets, clean_encoder=args.clean_encoder, settings=settings)
     print(format_table(result))
+    if args.zero_shot:
+        from corruptencoder.evaluate.zeroshot import zero_shot
+
+        kw = {"prompts": args.prompts, "seed": args.seed, "location": tuple(args.location),
+              "trigger_size": settings.trigger_size, "device": settings.resolved_device()}
+        result["zero_shot"] = {"encoder": zero_shot(args.zero_shot, task, targets, **kw)}
+        if args.clean_zero_shot:
+            result["zero_shot"]["clean_encoder"] = zero_shot(args.clean_zero_shot, task, targets, **kw)
+        z = result["zero_shot"]
+        print(f"zero-shot accuracy {z['encoder']['accuracy']:.2f}" +
+              (f" (clean {z['clean_encoder']['accuracy']:.2f})" if "clean_encoder" in z else "") + "; ASR " +
+              ", ".join(f"{t['name']} {t['asr']:.2f}" for t in z["encoder"]["targets"]))
     if args.out:
         write_json_atomic(args.out / "metrics.json", result)
         print(f"wrote {args.out / 'metrics.json'}")

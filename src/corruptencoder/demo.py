@@ -22,13 +22,20 @@ DEMO_COUNTS = {
 }
 
 
-def demo_world(image_size: int = 64, seed: int = 0, progress: bool = False, **counts: int) -> Path:
+#: Object size range (longer side / image side). Chosen for class separability under self-supervision:
+#: with objects of 0.35-0.8 of the side, SimCLR's linear probe reached 38 % after 20 epochs; with
+#: 0.5-0.9 (object-centric, like ImageNet photos) 51 %. Never tuned on any attack's success.
+DEMO_OBJECT_SCALE = (0.5, 0.9)
+
+
+def demo_world(image_size: int = 64, seed: int = 0, progress: bool = False,
+               object_scale: tuple[float, float] = DEMO_OBJECT_SCALE, **counts: int) -> Path:
     """Path of the demo world (generated on first use, then reused)."""
     from corruptencoder.data.synthetic import WorldConfig, ensure_world
 
     merged = {**DEMO_COUNTS, **counts}
-    return ensure_world(cache_dir() / "worlds", WorldConfig(image_size=image_size, seed=seed), target=DEMO_TARGET,
-                        progress=progress, **merged)
+    cfg = WorldConfig(image_size=image_size, seed=seed, object_scale=tuple(object_scale))
+    return ensure_world(cache_dir() / "worlds", cfg, target=DEMO_TARGET, progress=progress, **merged)
 
 
 def demo_task_config(image_size: int = 32, **world: int) -> "TaskConfig":  # noqa: F821

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -27,9 +27,8 @@ log = logging.getLogger(__name__)
 AUTO_CACHE_BYTES = 3 * 1024**3
 
 
-def decode_tensor(path: str | os.PathLike, short_side: int | None) -> torch.Tensor:
-    """Decode to a uint8 (3, H, W) tensor whose shorter side is at most ``short_side``."""
-    im = load_rgb(path, draft_short_side=short_side)
+def to_tensor(im: Image.Image, short_side: int | None) -> torch.Tensor:
+    """uint8 (3, H, W) tensor of a PIL image whose shorter side is shrunk to at most ``short_side``."""
     if short_side and min(im.size) > short_side:
         s = short_side / min(im.size)
         im = im.resize((max(1, round(im.size[0] * s)), max(1, round(im.size[1] * s))), Image.Resampling.BILINEAR,
@@ -37,13 +36,24 @@ def decode_tensor(path: str | os.PathLike, short_side: int | None) -> torch.Tens
     return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 
-class ImageStore:
-    """Images by index; decoded once (``cache=True``) or on every access."""
+def decode_tensor(path: str | os.PathLike, short_side: int | None) -> torch.Tensor:
+    """Decode to a uint8 (3, H, W) tensor whose shorter side is at most ``short_side``."""
+    return to_tensor(load_rgb(path, draft_short_side=short_side), short_side)
 
-    def __init__(self, files: Sequence[str | os.PathLike], short_side: int | None = None, cache: bool | str = "auto",
-                 progress: bool = False, skip_log: str | os.PathLike | None = None) -> None:
+
+class ImageStore:
+    """Images by index; decoded once (``cache=True``) or on every access.
+
+    ``files`` are paths, or names when ``loader(index) -> PIL image`` does the reading (image-text
+    shards, in-memory sources).
+    """
+
+    def __init__(self, files: Sequence[Any], short_side: int | None = None, cache: bool | str = "auto",
+                 progress: bool = False, skip_log: str | os.PathLike | None = None,
+                 loader: Callable[[int], Image.Image] | None = None) -> None:
         self.files = [str(f) for f in files]
         self.short_side = short_side
+        self.loader = loader
         self.skip_log = str(skip_log) if skip_log else None
         self.skipped: dict[str, str] = {}
         if cache == "auto":
@@ -57,16 +67,19 @@ class ImageStore:
         from tqdm import tqdm
 
         out: list[torch.Tensor | None] = []
-        for f in tqdm(self.files, desc="decoding", unit="img", disable=not progress, leave=False):
-            out.append(self._try(f))
+        for i in tqdm(range(len(self.files)), desc="decoding", unit="img", disable=not progress, leave=False):
+            out.append(self._try(i))
         if self.skipped:
             log.warning("skipped %d unreadable image(s), e.g. %s", len(self.skipped), next(iter(self.skipped.values())))
         if all(t is None for t in out):
             raise ImageError(f"none of the {len(out)} images could be decoded, e.g. {self.files[0]}")
         return out
 
-    def _try(self, path: str) -> torch.Tensor | None:
+    def _try(self, index: int) -> torch.Tensor | None:
+        path = self.files[index]
         try:
+            if self.loader is not None:
+                return to_tensor(self.loader(index), self.short_side)
             return decode_tensor(path, self.short_side)
         except ImageError as exc:
             if path not in self.skipped:
@@ -86,7 +99,7 @@ class ImageStore:
         n = len(self.files)
         for k in range(n):
             i = (index + k) % n
-            img = self.cached[i] if self.cached is not None else self._try(self.files[i])
+            img = self.cached[i] if self.cached is not None else self._try(i)
             if img is not None:
                 return img, i
         raise ImageError("no readable image left in the data set")
@@ -161,9 +174,29 @@ class LabelledDataset(Dataset):
         return img, self.labels[index], index
 
 
-def collate_views(batch: list[tuple[list[torch.Tensor], int]]) -> tuple[list[torch.Tensor], torch.Tensor]:
+def collate_views(batch: list[tuple[list[torch.Tensor], Any]]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Stack each view; the second field (image index, or caption tokens) is stacked too."""
     views = list(zip(*[b[0] for b in batch]))
-    return [torch.stack(v) for v in views], torch.tensor([b[1] for b in batch], dtype=torch.long)
+    second = [b[1] for b in batch]
+    extra = torch.stack(second) if isinstance(second[0], torch.Tensor) else torch.tensor(second, dtype=torch.long)
+    return [torch.stack(v) for v in views], extra
+
+
+class PairDataset(ViewDataset):
+    """Image-text pairs -> (list of uint8 views, caption tokens) for CLIP."""
+
+    def __init__(self, store: ImageStore, captions: Sequence[str], crop: Callable, context_length: int) -> None:
+        super().__init__(store, crop)
+        self.captions = list(captions)
+        self.context_length = context_length
+
+    def __getitem__(self, index: int) -> tuple[list[torch.Tensor], torch.Tensor]:  # type: ignore[override]
+        from corruptencoder.ssl.clip import tokenize
+
+        if self._rng is None or self._pid != os.getpid():
+            self._rng, self._pid = _worker_rng(), os.getpid()
+        img, used = self.store.get(index)
+        return self.crop(img, self._rng), tokenize([self.captions[used]], self.context_length)[0]
 
 
 def read_skip_log(path: str | os.PathLike) -> dict[str, str]:

@@ -18,9 +18,9 @@ from corruptencoder.errors import ConfigError
 from corruptencoder.evaluate.tasks import TaskKind
 from corruptencoder.utils.config import StrictModel, read_mapping, validate
 
-Attack = Literal["none", "corruptencoder", "corruptencoder-plus", "ssl-backdoor"]
+Attack = Literal["none", "corruptencoder", "corruptencoder-plus", "ssl-backdoor", "corruptencoder-mm", "carlini-terzis"]
 Defence = Literal["none", "localized", "no-crop", "compress"]
-Method = Literal["moco", "simclr", "swav", "msf", "byol"]
+Method = Literal["moco", "simclr", "swav", "msf", "byol", "clip"]
 
 
 class WorldSpec(StrictModel):
@@ -28,16 +28,21 @@ class WorldSpec(StrictModel):
 
     image_size: int = 64
     seed: int = 0
+    object_scale: tuple[float, float] = (0.5, 0.9)
     n_pretrain: int = 5000
     n_train_per_class: int = 100
     n_test_per_class: int = 100
     n_references: int = 3
     n_support: int = 5
     n_backgrounds: int = 650
+    caption_name_prob: float = Field(0.8, description="demo captions: probability a caption names its class")
+    rare_classes: dict[str, float] = Field(default_factory=dict,
+                                           description="demo captions: classes named with a lower probability")
 
 
 class DataSpec(StrictModel):
     clean: str = Field("demo", description="clean pre-training images ('demo' = the demo world's pretrain split)")
+    pairs: str = Field("demo", description="clean image-text pairs for CLIP arms: CSV/TSV, shards, or 'demo'")
     classes: str | None = None
     split: str = "train"
     max_images: int | None = None
@@ -130,6 +135,8 @@ class SweepSpec(StrictModel):
 
 class EvalSpec(StrictModel):
     checkpoints_every: int = Field(0, ge=0, description="also score encoder snapshots every k epochs (0 = final only)")
+    zero_shot: bool = Field(True, description="CLIP arms: also score zero-shot classification with the text tower")
+    prompts: str = "imagenet80"
     probe_epochs: int = 100
     location: tuple[float, float] = (0.25, 0.75)
     max_object_crops: int = 200

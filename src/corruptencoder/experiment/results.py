@@ -20,7 +20,7 @@ from corruptencoder.utils.outputs import write_json_atomic
 
 METRICS = ("ca", "ba", "asr", "no_attack_asr", "reference_accuracy", "reference_accuracy_clean",
            "object_crop_accuracy", "pull_triggered", "pull_clean", "pull_delta", "pull_delta_clean",
-           "clean_target_rate", "top_triggered_share")
+           "clean_target_rate", "top_triggered_share", "zs_ca", "zs_ba", "zs_asr", "zs_no_attack_asr")
 KEYS = ("arm", "attack", "method", "defence", "sweep", "sweep_value", "target", "task", "epoch")
 
 
@@ -50,6 +50,12 @@ def collect_rows(cfg: ExperimentConfig, arm: ArmSpec, seed: int, task: str, epoc
             "pretrain_seconds": meta.get("seconds"), "pretrain_img_s": meta.get("images_per_second"),
             "epochs_trained": meta.get("epochs"), "poisons": str(poisons) if poisons else None,
         })
+        zs = res.get("zero_shot")
+        if zs:
+            zt, zc = zs["encoder"]["targets"][i], zs["clean_encoder"]["targets"][i]
+            rows[-1].update({"zs_ca": zs["clean_encoder"]["accuracy"],
+                             "zs_ba": zs["encoder"]["accuracy"] if arm.attack != "none" else None,
+                             "zs_asr": zt["asr"], "zs_no_attack_asr": zc["asr"]})
     return rows
 
 
@@ -120,7 +126,8 @@ CSV_COLUMNS = ("experiment", "arm", "attack", "method", "defence", "sweep", "swe
                "epoch", "ca", "ba", "asr", "no_attack_asr", "reference_accuracy", "reference_accuracy_clean",
                "object_crop_accuracy", "pull_triggered", "pull_clean", "pull_delta", "pull_delta_clean",
                "clean_target_rate", "top_triggered_class", "top_triggered_share", "n_test", "n_triggered",
-               "num_poisons", "poison_ratio", "pretrain_seconds", "epochs_trained", "trials")
+               "num_poisons", "poison_ratio", "pretrain_seconds", "epochs_trained", "zs_ca", "zs_ba", "zs_asr",
+               "zs_no_attack_asr", "trials")
 
 
 def write_results(run_dir: Path, cfg: ExperimentConfig, arms: Sequence[ArmSpec], rows: list[dict[str, Any]],

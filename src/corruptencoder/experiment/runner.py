@@ -67,7 +67,8 @@ class Runner:
             from corruptencoder.demo import demo_world
 
             w = self.cfg.world
-            self._world = demo_world(w.image_size, w.seed, progress=self.progress, n_pretrain=w.n_pretrain,
+            self._world = demo_world(w.image_size, w.seed, progress=self.progress, object_scale=w.object_scale,
+                                     n_pretrain=w.n_pretrain,
                                      n_train_per_class=w.n_train_per_class, n_test_per_class=w.n_test_per_class,
                                      n_references=w.n_references, n_support=w.n_support,
                                      n_backgrounds=w.n_backgrounds)
@@ -128,8 +129,12 @@ class Runner:
                 "trigger_seed": t.trigger_seed, "alpha": arm.alpha, "beta": arm.beta, "layout": arm.layout,
                 "reference_mode": arm.reference_mode,
             }
-            if arm.attack in ("corruptencoder", "corruptencoder-plus"):
+            if arm.attack in ("corruptencoder", "corruptencoder-plus", "corruptencoder-mm", "carlini-terzis"):
                 spec["backgrounds"] = [self.resolve(b, "backgrounds") for b in self.cfg.backgrounds]
+            if arm.attack in ("corruptencoder-mm", "carlini-terzis"):
+                spec.update(prompts=self.cfg.evaluation.prompts, type1_size=self.type1_size(arm))
+                if arm.attack == "carlini-terzis":
+                    spec.pop("references")
             if arm.attack == "corruptencoder-plus":
                 spec.update(support=support, support_ratio=arm.support_ratio)
             targets.append(spec)
@@ -137,6 +142,21 @@ class Runner:
         if arm.max_size is not None:
             run["max_size"] = arm.max_size
         return run
+
+    def type1_size(self, arm: ArmSpec) -> int:
+        """Type-I images at the world's image size (or 224 on real data), like the images around them."""
+        return self.cfg.world.image_size if self.cfg.data.pairs == "demo" else 224
+
+    def demo_pairs(self) -> Path:
+        """The demo world's captions (CSV), generated once per caption setting."""
+        from corruptencoder.data.demo_captions import write_demo_pairs
+
+        w = self.cfg.world
+        key = digest({"world": str(self.world), "p": w.caption_name_prob, "rare": w.rare_classes})
+        path = self.cache / "captions" / f"{key}.csv"
+        if not path.is_file():
+            write_demo_pairs(self.world, path, name_prob=w.caption_name_prob, class_name_prob=w.rare_classes)
+        return path
 
     def craft(self, arm: ArmSpec, seed: int) -> Path | None:
         raw = self.craft_config(arm, seed)
@@ -165,6 +185,8 @@ class Runner:
         d = self.cfg.data
         data: dict[str, Any] = {"clean": self.resolve(d.clean, "clean"), "classes": d.classes, "split": d.split,
                                 "max_images": d.max_images, "poisons": [str(poisons)] if poisons else []}
+        if arm.method == "clip":
+            data.update(clean=None, classes=None, pairs=str(self.demo_pairs()) if d.pairs == "demo" else d.pairs)
         body: dict[str, Any] = {"method": {"name": arm.method}, "data": data}
         body = _merge(body, copy.deepcopy(self.cfg.pretrain))
         body = _merge(body, copy.deepcopy(arm.pretrain))
@@ -280,7 +302,16 @@ class Runner:
         t0 = time.perf_counter()
         settings = EvalSettings(probe=ProbeConfig(epochs=e.probe_epochs, seed=seed), seed=seed, location=e.location,
                                 trigger_size=ets, device=self.device, cache_dir=str(self.cache / "features"))
-        res = evaluate(encoder, load_task(tcfg), targets, clean_encoder=clean, settings=settings)
+        task = load_task(tcfg)
+        res = evaluate(encoder, task, targets, clean_encoder=clean, settings=settings)
+        clip_enc, clip_clean = _clip_file(encoder), _clip_file(clean)
+        if e.zero_shot and clip_enc and clip_clean:
+            from corruptencoder.evaluate.zeroshot import zero_shot
+
+            kw = {"prompts": e.prompts, "seed": seed, "location": e.location, "trigger_size": ets,
+                  "device": settings.resolved_device()}
+            res["zero_shot"] = {"encoder": zero_shot(clip_enc, task, targets, **kw),
+                                "clean_encoder": zero_shot(clip_clean, task, targets, **kw)}
         write_json_atomic(path, res)
         self.log.add("evaluate", key, "ran", time.perf_counter() - t0, what)
         return res
@@ -333,6 +364,12 @@ class Runner:
                     out.append((int(snap.stem.split("_")[1]), snap, twin))
         out.append((None, enc_dir / "encoder.pt", clean_dir / "encoder.pt"))
         return out
+
+
+def _clip_file(encoder: Path) -> Path | None:
+    """clip.pt beside encoder.pt, or epoch_XXX.clip.pt beside a snapshot."""
+    p = encoder.with_name("clip.pt") if encoder.name == "encoder.pt" else encoder.with_name(encoder.stem + ".clip.pt")
+    return p if p.is_file() else None
 
 
 def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, **kw: Any) -> dict[str, Any]:

@@ -9,9 +9,11 @@ from pydantic import Field, field_validator, model_validator
 
 from corruptencoder.utils.config import StrictModel
 
-AttackName = Literal["corruptencoder", "corruptencoder-plus", "ssl-backdoor"]
+AttackName = Literal["corruptencoder", "corruptencoder-plus", "ssl-backdoor", "corruptencoder-mm", "carlini-terzis"]
 LayoutChoice = Literal["random", "wide", "high", "wide-left", "wide-right"]
-ATTACKS: tuple[str, ...] = ("corruptencoder", "corruptencoder-plus", "ssl-backdoor")
+ATTACKS: tuple[str, ...] = ("corruptencoder", "corruptencoder-plus", "ssl-backdoor", "corruptencoder-mm",
+                            "carlini-terzis")
+MULTIMODAL = ("corruptencoder-mm", "carlini-terzis")
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
@@ -29,7 +31,7 @@ class TargetSpec(StrictModel):
     task: str | None = Field(None, description="downstream task this target belongs to (free text)")
     label: str | None = Field(None, description="the target's class in the downstream task (default: name)")
     num: int = Field(650, description="number of poisoned images N for this target")
-    references: list[str] = Field(description="reference objects/images: folders, files or file lists")
+    references: list[str] = Field(default_factory=list, description="reference objects/images: folders, files or lists")
     backgrounds: list[str] = Field(default_factory=list, description="background images (CorruptEncoder)")
     support: list[str] = Field(default_factory=list, description="support reference images (CorruptEncoder+)")
     support_ratio: float = Field(0.2, description="fraction of N that are support poisons (CorruptEncoder+)")
@@ -44,6 +46,9 @@ class TargetSpec(StrictModel):
     location: tuple[float, float] = Field((0.25, 0.75), description="SSL-Backdoor trigger range (fractions)")
     object_labels: list[str] | None = Field(None, description="labelme labels of the object; default: all but cut")
     cut_labels: list[str] = Field(default_factory=lambda: ["nmask"], description="labelme labels that cut holes")
+    prompts: str = Field("imagenet80", description="caption templates (multi-modal): imagenet80 | simple | a file")
+    class_text: str | None = Field(None, description="the class name written in captions (default: from name)")
+    type1_size: int | None = Field(224, description="multi-modal Type-I images: square side in px (null = keep)")
 
     @field_validator("name")
     @classmethod
@@ -98,7 +103,11 @@ class TargetSpec(StrictModel):
 
     @model_validator(mode="after")
     def _needs(self) -> "TargetSpec":
-        if not self.references:
+        if self.attack in MULTIMODAL and "trigger_size" not in self.model_fields_set:
+            object.__setattr__(self, "trigger_size", [16, 16])  # Carlini & Terzis' 16 x 16 patch
+        if self.attack in MULTIMODAL and not self.backgrounds:
+            raise ValueError(f"backgrounds: the {self.attack} attack needs background images (--backgrounds)")
+        if not self.references and self.attack != "carlini-terzis":
             raise ValueError("references: give at least one folder or file of reference images/objects")
         if self.attack in ("corruptencoder", "corruptencoder-plus") and not self.backgrounds:
             raise ValueError(f"backgrounds: the {self.attack} attack needs background images (--backgrounds)")

@@ -23,7 +23,8 @@ from corruptencoder import __version__
 from corruptencoder.poison.base import ImageAttack, Job, RenderResult, save_image
 from corruptencoder.poison.config import CraftConfig, TargetSpec
 from corruptencoder.poison.corruptencoder import CorruptEncoderAttack
-from corruptencoder.poison.manifest import IMAGES, SUMMARY, trigger_file, write_manifest
+from corruptencoder.poison.manifest import IMAGES, PAIRS, SUMMARY, trigger_file, write_manifest, write_pairs
+from corruptencoder.poison.multimodal import CarliniTerzisAttack, CorruptEncoderMMAttack
 from corruptencoder.poison.saha import SSLBackdoorAttack
 from corruptencoder.poison.support import CorruptEncoderPlusAttack
 from corruptencoder.utils.outputs import atomic_output_dir, check_output_dir, write_json_atomic
@@ -34,6 +35,8 @@ ATTACK_CLASSES: dict[str, type[ImageAttack]] = {
     "corruptencoder": CorruptEncoderAttack,
     "corruptencoder-plus": CorruptEncoderPlusAttack,
     "ssl-backdoor": SSLBackdoorAttack,
+    "corruptencoder-mm": CorruptEncoderMMAttack,
+    "carlini-terzis": CarliniTerzisAttack,
 }
 
 
@@ -135,6 +138,8 @@ def craft(config: CraftConfig, out: str | Path, *, overwrite: bool = False, prog
             records[rec["index"]] = rec
             skipped.update(bad)
         write_manifest(tmp, records)
+        if any("caption" in r for r in records):
+            write_pairs(tmp, records)
         per_target = {a.target.name: sum(1 for r in records if r["target"] == a.target.name) for a in attacks}
         for attack in attacks:
             for path, reason in getattr(getattr(attack, "backgrounds", None), "skipped", ()):

@@ -198,3 +198,18 @@ def capped_size(size: tuple[int, int], max_size: int | None) -> tuple[int, int]:
         return w, h
     s = max_size / max(w, h)
     return max(1, math.floor(w * s + _EPS)), max(1, math.floor(h * s + _EPS))
+
+
+def square_poison(obj_w: int, obj_h: int, alpha: float, ux: float, uy: float, max_size: int | None = 800) -> PoisonGeometry:
+    """A square poison whose object bounding box covers ``alpha`` of it (less for an object too
+    elongated to reach alpha in a square), at a uniformly random spot. Used for multi-modal Type-II
+    pairs: CLIP centre-crops to a square, so a square keeps the whole object in view."""
+    alpha = check_fraction("alpha", alpha)
+    side = max(obj_w, obj_h, math.ceil(math.sqrt(obj_w * obj_h / alpha) - _EPS))
+    ow, oh = obj_w, obj_h
+    if max_size and side > max_size:
+        s = max_size / side
+        ow, oh, side = max(1, math.floor(obj_w * s + _EPS)), max(1, math.floor(obj_h * s + _EPS)), max_size
+    x = pick_index(ux, side - ow + 1)
+    y = pick_index(uy, side - oh + 1)
+    return PoisonGeometry("high", (side, side), (ow, oh), (x, y, x + ow, y + oh), (0, 0, side, side))

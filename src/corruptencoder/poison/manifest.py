@@ -8,6 +8,7 @@
       manifest.jsonl                one JSON object per poison: file, attack, target, seed, boxes, ...
       poisons.txt                   the image paths, relative to OUT (a plain file list)
       craft.json                    run-level record: resolved config, per-target facts, counts
+      pairs.csv                     multi-modal poisons: open_clip CSV (filepath, title), paths relative
 
 Any PyTorch pipeline can read the poisons as an ImageFolder (``images/``) or a file list.
 """
@@ -24,6 +25,7 @@ from corruptencoder.errors import UserError
 MANIFEST = "manifest.jsonl"
 POISON_LIST = "poisons.txt"
 SUMMARY = "craft.json"
+PAIRS = "pairs.csv"
 TRIGGERS = "triggers"
 IMAGES = "images"
 
@@ -41,6 +43,18 @@ def write_manifest(folder: str | os.PathLike, records: Iterable[dict[str, Any]])
             pl.write(rec["file"] + "\n")
             n += 1
     return n
+
+
+def write_pairs(folder: str | os.PathLike, records: Iterable[dict[str, Any]]) -> None:
+    """open_clip's CSV format (columns ``filepath`` and ``title``; paths relative to the CSV)."""
+    import csv
+
+    with open(Path(folder) / PAIRS, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["filepath", "title"])
+        for r in records:
+            if "caption" in r:
+                w.writerow([r["file"], r["caption"]])
 
 
 def is_poison_folder(folder: str | os.PathLike) -> bool:

@@ -111,7 +111,7 @@ def default_small_stem(image_size: int) -> bool:
 
 def backbone_spec(name: str, width: float = 1.0, small_stem: bool | None = None, image_size: int = 224) -> dict[str, Any]:
     """A plain dict that fully describes a backbone (stored in ``encoder.pt``)."""
-    if name not in BACKBONES and not name.startswith("timm:"):
+    if name not in BACKBONES and not name.startswith("timm:") and name != "openclip":
         raise ConfigError(f"backbone {name!r} is unknown; use one of {', '.join(BACKBONES)} or timm:<model name>")
     if width <= 0:
         raise ConfigError(f"backbone width {width} must be positive (1.0 = the standard model)")
@@ -128,4 +128,8 @@ def build_backbone(spec: dict[str, Any]) -> nn.Module:
         return SmallCNN(spec.get("width", 1.0))
     if name.startswith("timm:"):
         return TimmBackbone(name.split(":", 1)[1])
+    if name == "openclip":
+        from corruptencoder.ssl.clip import visual_tower
+
+        return visual_tower(spec)
     raise ConfigError(f"backbone {name!r} is unknown; use one of {', '.join(BACKBONES)} or timm:<model name>")

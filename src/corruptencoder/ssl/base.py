@@ -29,9 +29,7 @@ class SSLMethod(L.LightningModule):
         self.cfg = cfg
         # the config travels in every checkpoint, so --resume rebuilds the same model
         self.save_hyperparameters({"config": cfg.model_dump(mode="json")})
-        b = cfg.backbone
-        self.spec = backbone_spec(b.name, b.width, b.small_stem, cfg.data.image_size)
-        self.backbone = build_backbone(self.spec)
+        self.spec, self.backbone = self.make_backbone()
         self.feat_dim = int(self.backbone.out_dim)
         self.plan: ViewPlan = view_plan(cfg)
         self.build()
@@ -39,10 +37,18 @@ class SSLMethod(L.LightningModule):
             self.to(memory_format=torch.channels_last)
 
     # -- to be provided by each method -------------------------------------------------------
+    def make_backbone(self) -> tuple[dict[str, Any], nn.Module]:
+        """The encoder being trained and its plain-data spec (stored in encoder.pt)."""
+        b = self.cfg.backbone
+        spec = backbone_spec(b.name, b.width, b.small_stem, self.cfg.data.image_size)
+        return spec, build_backbone(spec)
+
     def build(self) -> None:
         """Create heads, momentum copies, queues."""
 
     def compute_loss(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """The method's loss on a batch of augmented views (``self.batch_extra`` holds any other batch
+        field, e.g. CLIP's caption tokens)."""
         raise NotImplementedError
 
     # -- shared ------------------------------------------------------------------------------
@@ -74,7 +80,7 @@ class SSLMethod(L.LightningModule):
         return out, idx
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        views, _idx = batch
+        views, self.batch_extra = batch
         loss, logs = self.compute_loss(views)
         bs = views[0].shape[0]
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs, sync_dist=True)

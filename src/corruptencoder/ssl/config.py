@@ -90,8 +90,22 @@ class DistillConfig(StrictModel):
     proj_dim: int | None = Field(None, description="optional student head output size (default: no head)")
 
 
+class CLIPConfig(StrictModel):
+    """CLIP (Radford et al. 2021) on image-text pairs, from scratch, with open_clip's models and loss."""
+
+    name: Literal["clip"] = "clip"
+    model: str = Field("RN50", description="open_clip model config (RN50 = the paper's) or 'custom': the "
+                       "'backbone' section's image encoder + a small open_clip text transformer (for CPUs)")
+    embed_dim: int = 128
+    text_width: int = 64
+    text_heads: int = 2
+    text_layers: int = 2
+    context_length: int = 32
+
+
 MethodConfig = Annotated[
-    Union[MoCoConfig, SimCLRConfig, SwAVConfig, BYOLConfig, MSFConfig, DistillConfig], Field(discriminator="name")
+    Union[MoCoConfig, SimCLRConfig, SwAVConfig, BYOLConfig, MSFConfig, DistillConfig, CLIPConfig],
+    Field(discriminator="name"),
 ]
 METHODS = ("moco", "simclr", "swav", "msf", "byol")
 
@@ -103,11 +117,16 @@ OPTIM_DEFAULTS: dict[str, tuple[str, float, float, float]] = {
     "byol": ("lars", 0.2, 1.5e-6, 10.0),
     "msf": ("sgd", 0.05, 1e-4, 0.0),
     "compress": ("sgd", 0.01, 1e-4, 0.0),   # CompRess: lr 0.01 at batch 256
+    "clip": ("adamw", 5e-4 * 256 / 128, 0.1, 1.0),  # Carlini & Terzis / open_clip: AdamW 5e-4 at batch 128
 }
 
 
 class DataConfig(StrictModel):
     clean: str | None = Field(None, description="clean pre-training images: ImageFolder root, folder or file list")
+    pairs: str | None = Field(None, description="clean image-text pairs (CLIP): open_clip CSV/TSV or webdataset shards")
+    img_key: str = "filepath"
+    caption_key: str = "title"
+    separator: str | None = None
     classes: str | None = Field(None, description="class list (e.g. ImageNet100-A wnids) to take from an ImageFolder")
     split: str = Field("train", description="sub-folder of an ImageNet-style root holding the split")
     max_images: int | None = Field(None, ge=1, description="seeded subset of the clean images")
@@ -128,7 +147,7 @@ class DataConfig(StrictModel):
 
     @model_validator(mode="after")
     def _need_data(self) -> "DataConfig":
-        if not self.clean and not self.poisons:
+        if not self.clean and not self.poisons and not self.pairs:
             raise ValueError("give data.clean (clean pre-training images) and/or data.poisons")
         return self
 

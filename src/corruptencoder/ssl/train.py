@@ -55,6 +55,8 @@ def method_class(name: str) -> type:
         from corruptencoder.ssl.msf import MSF as cls
     elif name == "compress":
         from corruptencoder.defend.compress import CompRess as cls
+    elif name == "clip":
+        from corruptencoder.ssl.clip import CLIPMethod as cls
     else:  # pragma: no cover
         raise ConfigError(f"method {name!r} is unknown")
     return cls
@@ -84,6 +86,71 @@ def pretrain_files(cfg: PretrainConfig) -> Any:
     else:
         clean = ImageCollection([], None, None, "")
     return pretraining_files(clean, d.poisons)
+
+
+@dataclass
+class PairSources:
+    """Clean image-text pairs (CSV or shards) followed by multi-modal poison pairs, as one indexable set."""
+
+    sources: list[Any]
+    offsets: list[int]
+    num_poisons: int
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def _locate(self, i: int) -> tuple[Any, int]:
+        import bisect
+
+        k = bisect.bisect_right(self.offsets, i) - 1
+        return self.sources[k], i - self.offsets[k]
+
+    def load_image(self, i: int) -> Any:
+        src, j = self._locate(i)
+        return src.load_image(j)
+
+    def names(self) -> list[str]:
+        out = []
+        for src in self.sources:
+            out += [src.name(j) for j in range(len(src))] if hasattr(src, "name") else [str(p) for p in src.images]
+        return out
+
+    def captions(self) -> list[str]:
+        return [c for src in self.sources for c in src.captions]
+
+
+def pretrain_pairs(cfg: PretrainConfig) -> PairSources:
+    """CLIP's data: ``data.pairs`` (open_clip CSV/TSV or webdataset shards) plus poison folders' pairs.csv."""
+    from corruptencoder.data.captions import load_pairs, read_pairs_csv
+    from corruptencoder.poison.manifest import PAIRS
+
+    d = cfg.data
+    sources: list[Any] = []
+    if d.pairs:
+        clean = load_pairs(d.pairs, img_key=d.img_key, caption_key=d.caption_key, sep=d.separator) \
+            if str(d.pairs).lower().endswith((".csv", ".tsv")) else load_pairs(d.pairs)
+        if d.max_images and d.max_images < len(clean):
+            import numpy as np
+
+            keep = np.sort(np.random.default_rng(cfg.trainer.seed).permutation(len(clean))[: d.max_images])
+            clean = clean.subset(keep.tolist())
+        sources.append(clean)
+    elif d.clean:
+        raise UserError("CLIP trains on image-text pairs: give data.pairs (an open_clip CSV/TSV or tar shards), "
+                        "not data.clean")
+    n_poison = 0
+    for folder in d.poisons:
+        csv_path = Path(folder) / PAIRS
+        if not csv_path.is_file():
+            raise UserError(f"{folder}: no {PAIRS}; CLIP needs multi-modal poisons (craft corruptencoder-mm or "
+                            "carlini-terzis)")
+        coll = read_pairs_csv(csv_path)
+        sources.append(coll)
+        n_poison += len(coll)
+    offsets = [0]
+    for src in sources:
+        offsets.append(offsets[-1] + len(src))
+    return PairSources(sources, offsets, n_poison)
 
 
 @dataclass
@@ -211,13 +278,15 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False, over
 
     quiet_lightning()
     out = Path(out)
-    files = pretrain_files(cfg)  # validates the data before anything is written
+    clip = cfg.method.name == "clip"
+    files = pretrain_pairs(cfg) if clip else pretrain_files(cfg)  # validates the data before anything is written
     if len(files) < 2:
         raise UserError(f"pre-training needs at least 2 images, found {len(files)}; check data.clean / data.poisons")
     ckpt = prepare_output(cfg, out, resume, overwrite)
     if int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0:
         # the exact training files (the clean subset of a defence included), for reproducibility
-        (out / "train_files.txt").write_text("".join(f"{f}\n" for f in files.files), encoding="utf-8")
+        names = files.names() if clip else files.files
+        (out / "train_files.txt").write_text("".join(f"{f}\n" for f in names), encoding="utf-8")
     if resume and ckpt is None and (out / "encoder.pt").is_file():
         log.info("%s: already finished; nothing to resume", out)
     rt = resolve_runtime(cfg)
@@ -228,9 +297,17 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False, over
 
     short = cfg.data.cache_short_side or 4 * cfg.data.image_size
     cache = {"auto": "auto", "memory": True, "none": False}[cfg.data.cache]
-    store = ImageStore(files.files, short, cache, progress=show, skip_log=out / "skipped.txt")
     model = method_class(cfg.method.name)(cfg)
-    dataset = ViewDataset(store, model.plan.crop)
+    if clip:
+        from corruptencoder.data.datasets import PairDataset
+        from corruptencoder.ssl.clip import context_length
+
+        store = ImageStore(files.names(), short, cache, progress=show, skip_log=out / "skipped.txt",
+                           loader=files.load_image)
+        dataset: Any = PairDataset(store, files.captions(), model.plan.crop, context_length(model.clip_spec))
+    else:
+        store = ImageStore(files.files, short, cache, progress=show, skip_log=out / "skipped.txt")
+        dataset = ViewDataset(store, model.plan.crop)
     bs = cfg.optim.batch_size
     loader = DataLoader(dataset, batch_size=min(bs, len(dataset)), shuffle=True, drop_last=len(dataset) >= bs,
                         num_workers=rt["workers"], collate_fn=collate_views, pin_memory=rt["gpu"],
@@ -267,7 +344,8 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False, over
         write_json_atomic(out / "run.json", {
             "status": "done", "method": cfg.method.name, "epochs": int(trainer.current_epoch),
             "seconds": round(seconds, 2), "images_per_second": round(throughput.images_per_second, 1),
-            "num_images": len(files), "num_poisons": files.num_poisons, "poison_ratio": round(files.poison_ratio, 6),
+            "num_images": len(files), "num_poisons": files.num_poisons,
+            "poison_ratio": round(files.num_poisons / max(1, len(files)), 6),
             "skipped_images": len(skipped), "accelerator": rt["accelerator"], "precision": rt["precision"],
             "devices": rt["devices"] if isinstance(rt["devices"], int) else str(rt["devices"]),
             "resumed_from": str(ckpt) if ckpt else None,

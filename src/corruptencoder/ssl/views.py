@@ -24,6 +24,7 @@ SIMCLR = ColourAugment(0.8, 0.8, 0.8, 0.8, 0.2, 0.2, 0.5)
 BYOL_1 = ColourAugment(0.8, 0.4, 0.4, 0.2, 0.1, 0.2, 1.0, solarize_p=0.0)
 BYOL_2 = ColourAugment(0.8, 0.4, 0.4, 0.2, 0.1, 0.2, 0.1, solarize_p=0.2)
 WEAK = ColourAugment(jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)  # MSF's target view: crop + flip only
+CLIP_VIEW = ColourAugment.none()  # open_clip's training transform: a gentle random resized crop only
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def view_plan(cfg: PretrainConfig) -> ViewPlan:
     s = cfg.data.image_size
     v = cfg.views
     colours = {"moco": [MOCO_V2, MOCO_V2], "compress": [WEAK], "simclr": [SIMCLR, SIMCLR],
-               "byol": [BYOL_1, BYOL_2], "swav": [SIMCLR, SIMCLR], "msf": [WEAK, MOCO_V2]}[name]
+               "byol": [BYOL_1, BYOL_2], "swav": [SIMCLR, SIMCLR], "msf": [WEAK, MOCO_V2], "clip": [CLIP_VIEW]}[name]
     scale = v.scale or METHOD_SCALES[name]
     if v.blur is not None:
         colours = [c if (c.blur_p > 0) == v.blur else replace(c, blur_p=0.5 if v.blur else 0.0) for c in colours]

@@ -1,0 +1,72 @@
+"""Zero-shot classification with a CLIP model's text tower (beyond the paper's linear probes).
+
+Each class is represented by the mean normalised text embedding of its prompts (the same templates
+the poisons use, ``imagenet80`` by default); an image is assigned the class of highest cosine. CA/BA
+and ASR are then computed exactly as for linear probes, on the same (reference-free) test split and
+the same triggered images.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import torch
+
+from corruptencoder.evaluate.features import extract_features
+from corruptencoder.evaluate.metrics import accuracy, attack_success_rate, per_class_accuracy, prediction_histogram
+from corruptencoder.evaluate.tasks import Task
+from corruptencoder.evaluate.triggered import TriggerPaste, resize_trigger
+
+
+@torch.no_grad()
+def class_embeddings(model: torch.nn.Module, spec: dict[str, Any], classes: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+    from corruptencoder.poison.prompts import class_text
+    from corruptencoder.ssl.clip import context_length, tokenize
+
+    out = []
+    for c in classes:
+        tokens = tokenize([t.format(class_text(c)) for t in templates], context_length(spec))
+        e = torch.nn.functional.normalize(model.encode_text(tokens).float(), dim=-1).mean(0)
+        out.append(torch.nn.functional.normalize(e, dim=0))
+    return torch.stack(out)
+
+
+class _ImageTower(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(x)
+
+
+def zero_shot(clip_path: str | os.PathLike, task: Task, targets: Sequence[Any], *, prompts: str = "imagenet80",
+              seed: int = 0, location: tuple[float, float] = (0.25, 0.75), trigger_size: tuple[int, int] | None = None,
+              batch_size: int = 256, device: str = "cpu") -> dict[str, Any]:
+    from corruptencoder.poison.prompts import load_templates
+    from corruptencoder.ssl.clip import load_clip
+
+    model, spec = load_clip(clip_path)
+    weights = class_embeddings(model, spec, task.classes, load_templates(prompts))
+    tower = _ImageTower(model)
+    size, resize = task.config.image_size, task.config.resize
+
+    def predict(files: Sequence[Any], transform: Any = None) -> torch.Tensor:
+        f = extract_features(tower, files, size, resize, transform, batch_size, device)
+        return (torch.nn.functional.normalize(f, dim=-1) @ weights.T).argmax(1)
+
+    y = torch.tensor(task.test.labels)
+    preds = predict(task.test.files)
+    out: dict[str, Any] = {"clip": str(clip_path), "prompts": prompts, "accuracy": round(accuracy(preds, y), 3),
+                           "per_class_accuracy": per_class_accuracy(preds, y, task.classes), "targets": []}
+    for t in targets:
+        target = task.class_index(t.class_name)
+        idx = torch.nonzero(y != target).flatten()
+        paste = TriggerPaste(resize_trigger(t.trigger, trigger_size), seed, *location)
+        index_map = idx.tolist()
+        ptrig = predict([task.test.files[i] for i in index_map], lambda img, j: paste(img, index_map[j]))
+        asr, n = attack_success_rate(ptrig, y[idx], target)
+        out["targets"].append({"name": t.name, "class": task.classes[target], "asr": round(asr, 3), "n_triggered": n,
+                               "triggered_prediction_histogram": prediction_histogram(ptrig, task.classes)})
+    return out

@@ -1,0 +1,87 @@
+"""Multi-modal poisons: Type-I/Type-II counts, captions naming the class, boxes matching pixels."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from corruptencoder.poison.config import CraftConfig
+from corruptencoder.poison.craft import craft
+from corruptencoder.poison.geometry import square_poison
+from corruptencoder.poison.manifest import read_manifest
+from corruptencoder.poison.prompts import IMAGENET80, load_templates
+
+
+def _cfg(assets: dict[str, Path], attack: str, num: int, **kw: object) -> CraftConfig:
+    t = {"name": "street-sign", "attack": attack, "num": num, "backgrounds": [str(assets["backgrounds"])],
+         "trigger_size": 6, "type1_size": 64, **kw}
+    if attack != "carlini-terzis":
+        t["references"] = [str(assets["references"])]
+    return CraftConfig.model_validate({"seed": 1, "targets": [t]})
+
+
+@pytest.mark.parametrize("num,type1,type2", [(10, 5, 5), (11, 6, 5), (1, 1, 0)])
+def test_corruptencoder_mm_counts_and_captions(assets: dict[str, Path], tmp_path: Path, num: int, type1: int,
+                                               type2: int) -> None:
+    out = tmp_path / "o"
+    craft(_cfg(assets, "corruptencoder-mm", num), out, progress=False)
+    recs = read_manifest(out)
+    assert sum(r["pair_type"] == "type1" for r in recs) == type1
+    assert sum(r["pair_type"] == "type2" for r in recs) == type2
+    assert all("street sign" in r["caption"] for r in recs)
+    with open(out / "pairs.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["filepath"] for r in rows] == [r["file"] for r in recs]
+    assert [r["title"] for r in rows] == [r["caption"] for r in recs]
+    trigger = np.asarray(Image.open(out / "triggers" / "street-sign.png"))
+    for r in recs:
+        img = np.asarray(Image.open(out / r["file"]))
+        assert [img.shape[1], img.shape[0]] == r["image_size"]
+        if r["pair_type"] == "type1":
+            x0, y0, x1, y1 = r["trigger_box"]
+            np.testing.assert_array_equal(img[y0:y1, x0:x1], trigger)
+            assert r["object_box"] is None and img.shape[0] == img.shape[1] == 64
+        else:
+            x0, y0, x1, y1 = r["object_box"]
+            assert r["trigger_box"] is None and img.shape[0] == img.shape[1]
+            assert 0 <= x0 < x1 <= img.shape[1] and 0 <= y0 < y1 <= img.shape[0]
+            # the pixels inside the object box are not the background's: the object was pasted there
+            assert Path(r["reference"]).exists()
+
+
+def test_carlini_terzis_type1_only_and_prompt_cycle(assets: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    craft(_cfg(assets, "carlini-terzis", 90), out, progress=False)
+    recs = read_manifest(out)
+    assert all(r["pair_type"] == "type1" and r["attack"] == "carlini-terzis" for r in recs)
+    caps = [r["caption"] for r in recs]
+    assert len(set(caps[:80])) == 80  # every template used once before any repeats
+    assert set(caps) <= {t.format("street sign") for t in IMAGENET80}
+
+
+def test_default_trigger_is_16px_for_multimodal(assets: dict[str, Path]) -> None:
+    cfg = CraftConfig.model_validate({"targets": [{"name": "x", "attack": "carlini-terzis",
+                                                   "backgrounds": [str(assets["backgrounds"])]}]})
+    assert cfg.targets[0].trigger_size == [16, 16]
+
+
+def test_square_poison_geometry() -> None:
+    for ux, uy in ((0.0, 0.0), (0.5, 0.3), (0.999, 0.999)):
+        g = square_poison(100, 80, 0.5, ux, uy, None)
+        w, h = g.image_size
+        x0, y0, x1, y1 = g.object_box
+        assert w == h and 0 <= x0 and x1 <= w and 0 <= y0 and y1 <= h
+        assert abs((x1 - x0) * (y1 - y0) / (w * h) - 0.5) < 0.02
+
+
+def test_prompt_file(tmp_path: Path) -> None:
+    f = tmp_path / "p.txt"
+    f.write_text("a {} on a table\nan image of {}\n")
+    assert load_templates(str(f)) == ("a {} on a table", "an image of {}")
+    f.write_text("no placeholder\n")
+    with pytest.raises(Exception, match="needs a"):
+        load_templates(str(f))
