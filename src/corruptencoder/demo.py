@@ -45,3 +45,17 @@ def demo_task_config(image_size: int = 32, **world: int) -> "TaskConfig":  # noq
     root = demo_world(**world) / "downstream"
     return TaskConfig(name="demo", kind="imagefolder", root=str(root), image_size=image_size,
                       resize=image_size)
+
+
+def demo_class_assets(world: Path, class_name: str) -> Path:
+    """References and support images of any class of a demo world (rendered once, cached)."""
+    import json
+
+    from corruptencoder.data.synthetic import WorldConfig, render_class_assets
+
+    info = json.loads((world / "world.json").read_text())
+    cfg = WorldConfig(image_size=info["config"]["image_size"], seed=info["config"]["seed"],
+                      object_scale=tuple(info["config"]["object_scale"]))
+    counts = info.get("counts", {})
+    return render_class_assets(world.parent / f"{world.name}-classes" / class_name, cfg, class_name,
+                               n_references=int(counts.get("references", 3)), n_support=int(counts.get("support", 5)))

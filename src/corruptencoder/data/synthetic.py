@@ -1278,3 +1278,26 @@ def ensure_world(cache_dir: str | os.PathLike, config: WorldConfig = WorldConfig
     # only be foreign debris; replacing it is safe. Concurrent callers produce identical bytes.
     generate_world(path, config, progress=progress, overwrite=True, **counts)
     return path
+
+
+def render_class_assets(out_dir: str | os.PathLike, config: WorldConfig, class_name: str, *, n_references: int = 3,
+                        n_support: int = 5) -> Path:
+    """Reference images (+ masks) and support images of *any* class of a world, exactly as
+    :func:`generate_world` would have made them with ``target=class_name`` (same random streams),
+    so several targets can be attacked in one world without regenerating it."""
+    if class_name not in config.classes:
+        raise UserError(f"class {class_name!r} is not in the world ({', '.join(config.classes)})")
+    out = Path(out_dir)
+    if (out / "done").is_file():
+        return out
+    with atomic_output_dir(out, overwrite=True) as tmp:
+        for split, n in (("references", n_references), ("support", n_support)):
+            (tmp / split / class_name).mkdir(parents=True, exist_ok=True)
+            for k in range(1, n + 1):
+                img, mask = render_scene(class_name, _image_rng(config.seed, split, class_name, k), config.image_size,
+                                         config.object_scale)
+                _save_png(img, tmp / split / class_name / f"{k}.png")
+                if split == "references":
+                    _save_png(Image.fromarray(mask.astype(np.uint8) * 255, "L"), tmp / split / class_name / f"{k}_mask.png")
+        (tmp / "done").write_text("ok\n")
+    return out

@@ -45,6 +45,7 @@ class EvalTarget:
     trigger_source: str = ""
     references: list[str] = field(default_factory=list)       # files: excluded from tests, scored as objects
     object_crops: list[tuple[str, Box]] = field(default_factory=list)  # poison file + object box
+    support: list[str] = field(default_factory=list)          # CorruptEncoder+ support images: excluded too
 
 
 def targets_from_poisons(folder: str | os.PathLike, task: str | None = None, max_crops: int = 200) -> list[EvalTarget]:
@@ -60,12 +61,12 @@ def targets_from_poisons(folder: str | os.PathLike, task: str | None = None, max
         if task and t.get("task") and t["task"] != task:
             continue
         recs = [r for r in records if r.get("target") == t["name"]]
-        refs = sorted({r["reference"] for r in recs if r.get("reference")} |
-                      {r["support_reference"] for r in recs if r.get("support_reference")})
+        refs = sorted({r["reference"] for r in recs if r.get("reference")})
+        support = sorted({r["support_reference"] for r in recs if r.get("support_reference")})
         crops = [(str(folder / r["file"]), tuple(r["object_box"])) for r in recs if r.get("object_box")][:max_crops]
         out.append(EvalTarget(t["name"], t.get("label") or t["name"],
                               load_trigger_file(folder / t["trigger_file"]), str(folder / t["trigger_file"]),
-                              refs, crops))  # type: ignore[arg-type]
+                              refs, crops, support))  # type: ignore[arg-type]
     if not out:
         raise UserError(f"{folder}: no targets{' for task ' + task if task else ''} in craft.json")
     return out
@@ -81,25 +82,28 @@ def _digest(arr: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(arr).tobytes() + str(arr.shape).encode()).hexdigest()
 
 
-def reference_images(paths: Sequence[str]) -> list[np.ndarray]:
+def _load_reference(path: str) -> Any:
+    """A reference (object or plain image) from any file the crafting engine accepts; None if unusable."""
     from corruptencoder.poison.objects import ReferenceSource, _source_for_file
 
-    out = []
-    for p in paths:
-        src = _source_for_file(Path(p)) if Path(p).is_file() else (
-            ReferenceSource("export", p) if Path(p).is_dir() else None)
-        if src is None:
-            continue
-        try:
-            out.append(src.load().image)
-        except UserError as exc:
-            log.warning("cannot read reference %s: %s", p, exc)
-    return out
+    p = Path(path)
+    src = _source_for_file(p) if p.is_file() else (ReferenceSource("export", path) if p.is_dir() else None)
+    if src is None:
+        return None
+    try:
+        return src.load()
+    except UserError as exc:
+        log.warning("cannot read reference %s: %s", path, exc)
+        return None
+
+
+def reference_images(paths: Sequence[str]) -> list[np.ndarray]:
+    return [ref.image for ref in map(_load_reference, paths) if ref is not None]
 
 
 def exclude_references(task: Task, targets: Sequence[EvalTarget]) -> int:
     """Drop test images that are reference/support images of the attack (by path, name or pixels)."""
-    refs = sorted({r for t in targets for r in t.references})
+    refs = sorted({r for t in targets for r in (*t.references, *t.support)})
     if not refs:
         return 0
     ref_paths = {str(Path(r).resolve()) for r in refs}
@@ -228,20 +232,12 @@ class Scorer:
         return res
 
 
-def _object_arrays(t: EvalTarget) -> list[np.ndarray]:
-    """The reference objects as images: each object's bounding-box crop of its reference image."""
-    from corruptencoder.poison.objects import ReferenceSource, _source_for_file
-
+def _object_arrays(t: EvalTarget, limit: int = 200) -> list[np.ndarray]:
+    """The reference objects as images: each object's bounding-box crop of its reference image (the
+    whole image for references without a mask, e.g. SSL-Backdoor's reference images)."""
     out = []
-    for p in t.references:
-        src = _source_for_file(Path(p)) if Path(p).is_file() else (ReferenceSource("export", p) if Path(p).is_dir() else None)
-        if src is None:
-            continue
-        try:
-            ref = src.load()
-        except UserError:
-            continue
-        if ref.has_object:
+    for ref in map(_load_reference, t.references[:limit]):
+        if ref is not None:
             x0, y0, x1, y1 = ref.bbox
             out.append(np.ascontiguousarray(ref.image[y0:y1, x0:x1]))
     return out

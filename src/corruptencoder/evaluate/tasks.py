@@ -26,7 +26,6 @@ from corruptencoder.data.folders import (
     ImageCollection,
     file_list,
     image_folder,
-    imagenet_subset,
     read_class_list,
     stratified_subset,
 )
@@ -53,7 +52,8 @@ class TaskConfig(StrictModel):
     root: str = Field(description="data root (see the layouts per kind)")
     train: str | None = Field(None, description="imagefolder: sub-folder (default train); filelist: the list file")
     test: str | None = Field(None, description="imagefolder: sub-folder (default test, else val); filelist: list file")
-    classes: str | None = Field(None, description="class list file (imagenet: wnids, e.g. imagenet100_B.txt)")
+    classes: str | list[str] | None = Field(
+        None, description="class list file (imagenet: wnids, e.g. imagenet100_B.txt) or an inline list of classes")
     train_fraction: float | None = Field(None, gt=0.0, le=1.0, description="seeded fraction of each class for training")
     train_per_class: int | None = Field(None, ge=1, description="seeded count per class for training")
     test_per_class: int | None = Field(None, ge=1, description="seeded cap per class for testing (quick runs)")
@@ -96,6 +96,12 @@ class Task:
         return h.hexdigest()[:16]
 
 
+def _classes(cfg: TaskConfig) -> list[str] | None:
+    if cfg.classes is None:
+        return None
+    return list(cfg.classes) if isinstance(cfg.classes, list) else read_class_list(cfg.classes)
+
+
 def _missing(kind: str, root: Path, detail: str = "") -> UserError:
     return UserError(f"{root}: {kind} data not found{(' (' + detail + ')') if detail else ''}; expected {LAYOUTS[kind]}")
 
@@ -109,8 +115,7 @@ def _imagefolder(cfg: TaskConfig) -> tuple[ImageCollection, ImageCollection]:
     test_dir = root / test_name
     if not train_dir.is_dir() or not test_dir.is_dir():
         raise _missing("imagefolder", root, f"no {train_dir.name}/ or {test_dir.name}/ folder")
-    classes = read_class_list(cfg.classes) if cfg.classes else None
-    train = image_folder(train_dir, classes, what="downstream train folder")
+    train = image_folder(train_dir, _classes(cfg), what="downstream train folder")
     test = image_folder(test_dir, train.classes, what="downstream test folder", require_all=False)
     return train, test
 
@@ -121,15 +126,17 @@ def _imagenet(cfg: TaskConfig) -> tuple[ImageCollection, ImageCollection]:
         raise UserError(f"task {cfg.name}: kind imagenet needs 'classes' (a wnid list such as imagenet100_B.txt)")
     if not (root / "train").is_dir() or not (root / "val").is_dir():
         raise _missing("imagenet", root)
-    return imagenet_subset(root, cfg.classes, "train"), imagenet_subset(root, cfg.classes, "val")
+    classes = _classes(cfg)
+    assert classes is not None
+    return (image_folder(root / "train", classes, what="ImageNet train folder"),
+            image_folder(root / "val", classes, what="ImageNet val folder"))
 
 
 def _filelist(cfg: TaskConfig) -> tuple[ImageCollection, ImageCollection]:
     if not cfg.train or not cfg.test:
         raise UserError(f"task {cfg.name}: kind filelist needs 'train' and 'test' list files")
-    classes = read_class_list(cfg.classes) if cfg.classes else None
     base = Path(cfg.root)
-    train = file_list(base / cfg.train, classes, what="train file list")
+    train = file_list(base / cfg.train, _classes(cfg), what="train file list")
     test = file_list(base / cfg.test, train.classes, what="test file list")
     if train.labels is None or test.labels is None:
         raise UserError(f"task {cfg.name}: downstream file lists need a label on every line")

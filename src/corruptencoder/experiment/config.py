@@ -54,7 +54,7 @@ class TaskSpec(StrictModel):
     root: str = Field("demo", description="'demo' = the demo world's labelled downstream split")
     train: str | None = None
     test: str | None = None
-    classes: str | None = None
+    classes: str | list[str] | None = None
     train_fraction: float | None = None
     train_per_class: int | None = None
     test_per_class: int | None = None
@@ -100,6 +100,7 @@ class ArmSpec(StrictModel):
     layout: str = "random"
     reference_mode: Literal["object", "image"] = "object"
     max_size: int | None = None
+    max_images: int | None = Field(None, ge=1, description="seeded subset of the clean pre-training images")
     backbone: str | None = None
     width: float | None = None
     epochs: int | None = None

@@ -127,3 +127,29 @@ def rebuild_report(run_dir: str | Path) -> Path:
     if not res.is_file():
         raise UserError(f"{run_dir}: no results.json; is this a folder written by 'corruptencoder run'?")
     return write_report(run_dir, json.loads(res.read_text(encoding="utf-8")))
+
+
+#: Where the backdoor was measured to form, for the demo's closing message (benchmarks/scale_sweep.py).
+SCALE_FINDINGS = (
+    "Measured with benchmarks/scale_sweep.py (see README, 'Where the backdoor forms'); at demo scale the "
+    "encoder is too small and too briefly trained for the trigger to take over a test image's features."
+)
+
+
+def demo_verdict(result: dict[str, Any]) -> str:
+    """A plain statement of whether the backdoor formed in this run, read from its own numbers."""
+    aggs = [a for a in result["aggregates"] if a["epoch"] == "final" and a["sweep"] is None]
+    ce = next((a for a in aggs if a["attack"] == "corruptencoder" and a["defence"] == "none"), None)
+    if ce is None or ce["asr"] is None:
+        return "No CorruptEncoder arm in this run."
+    base = ce["no_attack_asr"] or 0.0
+    lift = ce["asr"] - base
+    lines = [f"CorruptEncoder ASR {ce['asr']:.1f} % vs {base:.1f} % for the same trigger on the clean encoder "
+             f"(reference accuracy {ce['reference_accuracy']}, feature pull {ce['pull_delta']} vs "
+             f"{ce['pull_delta_clean']} clean)."]
+    if lift >= 10:
+        lines.append(f"The backdoor formed at this scale: +{lift:.1f} points of ASR over the no-attack baseline.")
+    else:
+        lines.append(f"The backdoor did NOT form at this scale (+{lift:.1f} points over the no-attack baseline is "
+                     "within noise). " + SCALE_FINDINGS)
+    return "\n".join(lines)

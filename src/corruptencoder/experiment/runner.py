@@ -75,6 +75,13 @@ class Runner:
         return self._world
 
     def resolve(self, value: str, kind: str, target: TargetSpec | None = None) -> str:
+        if value == "demo" and kind in ("references", "support") and target is not None:
+            label = target.label or target.name
+            if not (self.world / kind / label).is_dir():  # another class than the world's own target
+                from corruptencoder.demo import demo_class_assets
+
+                return str(demo_class_assets(self.world, label) / kind / label)
+            return str(self.world / kind / label)
         if value == "demo":
             sub = {"clean": "pretrain", "backgrounds": "backgrounds", "task": "downstream",
                    "references": f"references/{target.name if target else ''}",
@@ -184,7 +191,8 @@ class Runner:
 
         d = self.cfg.data
         data: dict[str, Any] = {"clean": self.resolve(d.clean, "clean"), "classes": d.classes, "split": d.split,
-                                "max_images": d.max_images, "poisons": [str(poisons)] if poisons else []}
+                                "max_images": arm.max_images or d.max_images,
+                                "poisons": [str(poisons)] if poisons else []}
         if arm.method == "clip":
             data.update(clean=None, classes=None, pairs=str(self.demo_pairs()) if d.pairs == "demo" else d.pairs)
         body: dict[str, Any] = {"method": {"name": arm.method}, "data": data}
@@ -292,7 +300,7 @@ class Runner:
         targets = self.eval_targets(arm, poisons, task_name)
         key = digest({"enc": file_digest(encoder), "clean": file_digest(clean), "task": tcfg.model_dump(mode="json"),
                       "targets": [(t.name, t.class_name, hashlib.sha256(t.trigger.tobytes()).hexdigest(),
-                                   sorted(t.references), len(t.object_crops)) for t in targets],
+                                   sorted(t.references), sorted(t.support), len(t.object_crops)) for t in targets],
                       "probe": e.probe_epochs, "loc": list(e.location), "ets": ets, "seed": seed, "v": __version__})
         path = self.cache / "metrics" / f"{key}.json"
         what = f"{arm.name} seed {seed} {task_name} epoch {epoch if epoch is not None else 'final'}"

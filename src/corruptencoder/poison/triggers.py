@@ -1,5 +1,8 @@
 """Triggers: a seeded random patch (the paper's default), white, purple, or an image file.
 
+``random`` draws every pixel; ``random:N`` draws random colours on an N x N grid of cells, for
+small images where a per-pixel pattern would not survive resizing.
+
 A trigger is resolved once into an RGB uint8 array and saved next to the poisons
 (``triggers/<target>.png``) so evaluation pastes exactly the same pixels into test images.
 """
@@ -24,6 +27,7 @@ SOLID_COLOURS: dict[str, tuple[int, int, int]] = {
     "black": (0, 0, 0),
 }
 KINDS = ("random", *SOLID_COLOURS)
+_BLOCKS = re.compile(r"^random:(\d+)$")
 
 
 def parse_size(size: int | str | tuple[int, int] | list[int] | None) -> tuple[int, int] | None:
@@ -63,7 +67,7 @@ class TriggerSpec:
 
     @property
     def is_image(self) -> bool:
-        return self.kind not in KINDS
+        return self.kind not in KINDS and not _BLOCKS.match(self.kind)
 
     def describe(self) -> dict:
         return {"kind": "image" if self.is_image else self.kind,
@@ -86,9 +90,18 @@ def make_trigger(spec: TriggerSpec) -> np.ndarray:
     if spec.size is None:
         raise ConfigError(f"a {spec.kind} trigger needs a size, e.g. --trigger-size 40")
     w, h = spec.size
-    if spec.kind == "random":
+    blocks = _BLOCKS.match(spec.kind)
+    if spec.kind == "random" or blocks:
         seed = 0 if spec.seed is None else spec.seed
-        return np.random.default_rng(seed).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+        if not blocks:
+            return np.random.default_rng(seed).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+        # random colours on an n x n grid of cells: a random trigger whose pattern survives the
+        # downscaling of small training views (a per-pixel random patch blurs into grey there)
+        n = max(1, int(blocks.group(1)))
+        cells = np.random.default_rng(seed).integers(0, 256, size=(n, n, 3), dtype=np.uint8)
+        ys = np.minimum(np.arange(h) * n // h, n - 1)
+        xs = np.minimum(np.arange(w) * n // w, n - 1)
+        return cells[ys][:, xs].copy()
     colour = np.asarray(SOLID_COLOURS[spec.kind], dtype=np.uint8)
     return np.broadcast_to(colour, (h, w, 3)).copy()
 
