@@ -91,8 +91,7 @@ class FeatureCache:
         self.misses += 1
         t = compute()
         if self.folder is not None:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            tmp = self.folder / f".{key}.tmp"
-            torch.save(t, tmp)
-            os.replace(tmp, self.folder / f"{key}.pt")
+            from corruptencoder.ssl.encoder import save_atomic
+
+            save_atomic(t, self.folder / f"{key}.pt")
         return t

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -104,17 +103,10 @@ def tokenize(texts: list[str], length: int) -> torch.Tensor:
 
 
 def save_clip(path: str | os.PathLike, model: nn.Module, spec: dict[str, Any], meta: dict[str, Any]) -> None:
-    path = Path(path)
-    payload = {"format": CLIP_FORMAT, "clip": dict(spec), "meta": dict(meta),
-               "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from corruptencoder.ssl.encoder import save_atomic
+
+    save_atomic({"format": CLIP_FORMAT, "clip": dict(spec), "meta": dict(meta),
+                 "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}}, path)
 
 
 def load_clip(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:

@@ -26,7 +26,13 @@ def save_encoder(path: str | os.PathLike, backbone: nn.Module, spec: dict[str, A
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
-    payload = {"format": FORMAT, "backbone": dict(spec), "meta": dict(meta or {}), "state_dict": state}
+    save_atomic({"format": FORMAT, "backbone": dict(spec), "meta": dict(meta or {}), "state_dict": state}, path)
+
+
+def save_atomic(payload: Any, path: str | os.PathLike) -> None:
+    """torch.save through a temp file + rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
