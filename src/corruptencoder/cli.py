@@ -368,6 +368,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "feature-space pull. Writes OUT/metrics.json.")
     p.add_argument("--encoder", type=Path, required=True, help="encoder.pt (or a torchvision/timm state dict)")
     p.add_argument("--clean-encoder", type=Path, help="the clean encoder of the same setting (CA, no-attack ASR)")
+    p.add_argument("--backbone", help="backbone of plain state-dict encoders (encoder.pt knows its own): "
+                   "resnet18 | resnet34 | resnet50 | small_cnn | timm:<name>")
+    p.add_argument("--width", type=float, default=1.0, help="width multiplier for --backbone")
     p.add_argument("--task", required=True, help="task YAML, or 'demo' for the demo world's downstream split")
     p.add_argument("--poisons", nargs="+", type=Path, default=[],
                    help="poison folders: their targets, triggers and reference images")
@@ -424,7 +427,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         targets.append(EvalTarget(nm, cls or nm, load_trigger_file(trig), str(trig)))
     if not targets:
         raise UserError("no target to attack-score: give --poisons DIR or --target NAME --trigger FILE")
-    settings = EvalSettings(probe=ProbeConfig(epochs=args.probe_epochs, seed=args.seed), seed=args.seed,
+    spec = None
+    if args.backbone:
+        from corruptencoder.ssl.backbones import backbone_spec
+
+        spec = backbone_spec(args.backbone, args.width, None, task.config.image_size)
+    settings = EvalSettings(probe=ProbeConfig(epochs=args.probe_epochs, seed=args.seed), seed=args.seed, backbone=spec,
                             location=tuple(args.location), trigger_size=parse_size(args.trigger_size),
                             batch_size=args.batch_size, device=args.device,
                             cache_dir=str(args.out / "features") if args.out else None, progress=not args.quiet)

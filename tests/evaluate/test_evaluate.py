@@ -197,3 +197,15 @@ def test_pets_and_caltech_layouts(tmp_path: Path) -> None:
     assert len(t.train) == 60 and len(t.test) == 15  # 30 per class for training, the rest for testing
     assert not set(map(str, t.train.files)) & set(map(str, t.test.files))
     assert t.class_index("stop sign") == 1
+
+
+def test_timm_weights_load(tmp_path: Path) -> None:
+    import timm
+
+    net = timm.create_model("resnet10t", pretrained=False, num_classes=0)
+    torch.save(net.state_dict(), tmp_path / "timm.pt")
+    spec = backbone_spec("timm:resnet10t")
+    model, _, _ = load_encoder(tmp_path / "timm.pt", spec)
+    net.eval()
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(model(x), net(x))

@@ -143,18 +143,6 @@ def file_list(path: str | os.PathLike, classes: Sequence[str] | None = None, *, 
     return ImageCollection(files, labels, classes, str(path))
 
 
-def imagenet_subset(root: str | os.PathLike, classes_file: str | os.PathLike, split: str = "train") -> ImageCollection:
-    """An ImageNet class subset (e.g. ImageNet100-A): ``root/<split>/<wnid>/*.JPEG`` for the listed wnids."""
-    root = Path(root)
-    split_dir = root / split if (root / split).is_dir() else root
-    wnids = read_class_list(classes_file)
-    if not split_dir.is_dir():
-        raise UserError(f"{root}: ImageNet root not found; expected {root}/{split}/<wnid>/*.JPEG")
-    coll = image_folder(split_dir, wnids, what=f"ImageNet {split} folder")
-    coll.meta["classes_file"] = str(classes_file)
-    return coll
-
-
 def load_collection(spec: str | os.PathLike, classes: Sequence[str] | str | os.PathLike | None = None, *,
                     labelled: bool = False, what: str = "images") -> ImageCollection:
     """A folder (class sub-folders -> labelled ImageFolder, else a flat folder), or a file list."""

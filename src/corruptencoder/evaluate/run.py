@@ -145,6 +145,7 @@ class EvalSettings:
     workers: int = 0
     cache_dir: str | None = None
     progress: bool = False
+    backbone: dict[str, Any] | None = None  # for plain state dicts (encoder.pt carries its own)
 
     def resolved_device(self) -> str:
         if self.device == "auto":
@@ -159,7 +160,7 @@ class Scorer:
         from corruptencoder.ssl.encoder import load_encoder
 
         self.path = Path(encoder_path)
-        self.encoder, self.spec, self.meta = load_encoder(self.path)
+        self.encoder, self.spec, self.meta = load_encoder(self.path, settings.backbone)
         self.task = task
         self.s = settings
         self.cache = FeatureCache(settings.cache_dir)

@@ -78,7 +78,7 @@ def load_encoder(path: str | os.PathLike, spec: dict[str, Any] | None = None, *,
     obj = read_checkpoint(path)
     meta: dict[str, Any] = {}
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        spec = spec or obj["backbone"]
+        spec = obj["backbone"]  # an encoder.pt knows its backbone
         state, meta = obj["state_dict"], dict(obj.get("meta", {}))
     elif isinstance(obj, dict):
         state = obj.get("state_dict", obj) if isinstance(obj.get("state_dict", obj), dict) else obj
@@ -93,7 +93,8 @@ def load_encoder(path: str | os.PathLike, spec: dict[str, Any] | None = None, *,
     state = _strip(state)
     state = {k: v for k, v in state.items() if not k.startswith(("fc.", "head.", "classifier."))}
     model = build_backbone(spec)
-    want = model.state_dict()
+    target = model.model if str(spec["name"]).startswith("timm:") else model  # timm weights lack our wrapper's prefix
+    want = target.state_dict()
     unexpected = sorted(set(state) - set(want))
     missing = sorted(set(want) - set(state))
     if strict and (unexpected or missing):
@@ -109,6 +110,6 @@ def load_encoder(path: str | os.PathLike, spec: dict[str, Any] | None = None, *,
         k = bad[0]
         raise UserError(f"{path}: {len(bad)} tensor(s) have the wrong shape for backbone {spec['name']}, e.g. {k}: "
                         f"{tuple(state[k].shape)} vs {tuple(want[k].shape)}; pass the matching --backbone/--width")
-    model.load_state_dict(state, strict=strict)
+    target.load_state_dict(state, strict=strict)
     model.eval()
     return model, dict(spec), meta
