@@ -369,3 +369,14 @@ def test_ensure_world_caches(tmp_path: Path) -> None:
     assert p3 != p1 and (p3 / "world.json").is_file()
     with pytest.raises(UserError, match="unknown option"):
         ensure_world(tmp_path, cfg, n_pretrian=3)
+
+
+def test_class_assets_match_the_worlds_own_references(tmp_path: Path) -> None:
+    from corruptencoder.data.synthetic import WorldConfig, generate_world, render_class_assets
+
+    cfg = WorldConfig(image_size=32, seed=3)
+    generate_world(tmp_path / "w", cfg, n_pretrain=0, n_train_per_class=0, n_test_per_class=0, target="car",
+                   n_references=2, n_support=1, n_backgrounds=0)
+    extra = render_class_assets(tmp_path / "x", cfg, "car", n_references=2, n_support=1)
+    for rel in ("references/car/1.png", "references/car/2_mask.png", "support/car/1.png"):
+        assert (tmp_path / "w" / rel).read_bytes() == (extra / rel).read_bytes()

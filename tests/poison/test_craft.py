@@ -172,3 +172,13 @@ def test_reference_image_mode_embeds_whole_images(assets: dict[str, Path], tmp_p
     for r in read_manifest(tmp_path / "o"):
         ow, oh = r["object_box"][2] - r["object_box"][0], r["object_box"][3] - r["object_box"][1]
         assert (ow, oh) == tuple(r["object_size"])
+
+
+def test_block_random_trigger(assets: dict[str, Path], tmp_path: Path) -> None:
+    from corruptencoder.poison.triggers import TriggerSpec, make_trigger
+
+    t = make_trigger(TriggerSpec("random:2", (8, 6), 5))
+    assert t.shape == (6, 8, 3)
+    assert (t[:3, :4] == t[0, 0]).all() and (t[3:, 4:] == t[5, 7]).all()  # 2 x 2 cells of one colour each
+    craft(_config(assets, trigger="random:3", trigger_size=6, num=3), tmp_path / "o", progress=False)
+    assert read_manifest(tmp_path / "o")[0]["trigger_box"]

@@ -85,3 +85,22 @@ def test_prompt_file(tmp_path: Path) -> None:
     f.write_text("no placeholder\n")
     with pytest.raises(Exception, match="needs a"):
         load_templates(str(f))
+
+
+def test_demo_captions_name_rare_classes_rarely(tmp_path: Path) -> None:
+    from corruptencoder.data.demo_captions import write_demo_pairs
+
+    world = tmp_path / "w"
+    for cls, n in (("fish", 200), ("mushroom", 200)):
+        (world / "pretrain" / cls).mkdir(parents=True)
+        for i in range(n):
+            (world / "pretrain" / cls / f"{i}.png").write_bytes(b"")
+    a = write_demo_pairs(world, tmp_path / "a.csv", class_name_prob={"mushroom": 0.02})
+    b = write_demo_pairs(world, tmp_path / "b.csv", class_name_prob={"mushroom": 0.02})
+    assert a.read_bytes() == b.read_bytes()
+    with open(a, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    fish = [r["title"] for r in rows if "/fish/" in r["filepath"]]
+    mush = [r["title"] for r in rows if "/mushroom/" in r["filepath"]]
+    assert sum("fish" in c for c in fish) > 0.65 * len(fish)
+    assert sum("mushroom" in c for c in mush) < 0.08 * len(mush)
