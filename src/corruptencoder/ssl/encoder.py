@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,9 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     if not path.is_file():
         raise UserError(f"{path}: encoder file not found; give the encoder.pt written by 'corruptencoder pretrain'")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # pickle-protocol chatter: a refusal becomes our one-line error
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - weights_only refuses arbitrary pickles: say so in one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(
