@@ -39,7 +39,7 @@ def _default_workers() -> int:
 def _add_craft(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "craft",
-        help="craft poisoned images (CorruptEncoder, CorruptEncoder+, SSL-Backdoor)",
+        help="craft poisons (CorruptEncoder, CorruptEncoder+, SSL-Backdoor, multi-modal, Carlini-Terzis)",
         description="Craft poisoned images into an output folder with manifest.jsonl, poisons.txt and the "
         "triggers. Give an attack and its options, or --config FILE for several targets.",
     )
@@ -203,7 +203,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "pretrain", help="pre-train an encoder (MoCo-v2, SimCLR, SwAV, MSF, BYOL) on clean + poisoned images",
+        "pretrain", help="pre-train an encoder (MoCo-v2, SimCLR, SwAV, MSF, BYOL, CLIP) on clean + poisoned data",
         description="Contrastive pre-training with Lightning (CPU or GPUs with DDP). Writes OUT/encoder.pt, "
         "checkpoints (for --resume), logs/metrics.csv and run.json. Flags override the config file, which "
         "overrides the --preset.")
@@ -626,7 +626,8 @@ VERBS: list[Callable[[argparse._SubParsersAction], None]] = [_add_craft, _add_sh
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="corruptencoder", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="corruptencoder", description="Data-poisoning backdoor attacks and defences for "
+                     "contrastive learning: craft, pre-train, defend, evaluate, run experiments, report.")
     parser.add_argument("--version", action="version", version=f"corruptencoder {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
