@@ -89,3 +89,27 @@ def assets(tmp_path: Path) -> dict[str, Path]:
     for i in range(2):
         object_scene(rng, 64, 48)[0].save(sup / f"s{i}.jpg")
     return {"backgrounds": bg, "references": refs, "support": sup, "root": tmp_path}
+
+
+def class_folder(root: Path, classes: list[str], n: int, size: tuple[int, int], seed: int = 0, prefix: str = "") -> Path:
+    """``root/<class>/<i>.png``: noisy images whose mean brightness depends on the class."""
+    rng = np.random.default_rng(seed)
+    for c, cls in enumerate(classes):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            arr = np.clip(rng.normal(40 + 200 * c / max(1, len(classes)), 25, (size[1], size[0], 3)), 0, 255)
+            Image.fromarray(arr.astype(np.uint8)).save(root / cls / f"{prefix}{i}.png")
+    return root
+
+
+def random_encoder(path: Path, width: float = 0.25, image_size: int = 16, seed: int = 0, **meta: object) -> Path:
+    """A randomly initialised small-CNN ``encoder.pt``."""
+    import torch
+
+    from corruptencoder.ssl.backbones import backbone_spec, build_backbone
+    from corruptencoder.ssl.encoder import save_encoder
+
+    spec = backbone_spec("small_cnn", width, image_size=image_size)
+    torch.manual_seed(seed)
+    save_encoder(path, build_backbone(spec), spec, {"method": "test", "image_size": image_size, **meta})
+    return path

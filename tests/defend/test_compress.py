@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import random_encoder
 from corruptencoder.cli import main
 from corruptencoder.defend.compress import compress_loss
 from corruptencoder.ssl.backbones import backbone_spec, build_backbone
@@ -32,11 +33,7 @@ def data(tmp_path: Path) -> Path:
 
 @pytest.fixture()
 def teacher(tmp_path: Path) -> Path:
-    spec = backbone_spec("small_cnn", 0.5, image_size=16)
-    torch.manual_seed(1)
-    path = tmp_path / "teacher.pt"
-    save_encoder(path, build_backbone(spec), spec, {"method": "moco", "image_size": 16})
-    return path
+    return random_encoder(tmp_path / "teacher.pt", width=0.5, seed=1, method="moco")
 
 
 def distill_cfg(data: Path, teacher: Path, **over: object) -> PretrainConfig:

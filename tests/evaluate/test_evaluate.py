@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import class_folder, random_encoder
 from corruptencoder.cli import main
 from corruptencoder.errors import UserError
 from corruptencoder.evaluate.linear_probe import LinearProbe, ProbeConfig, train_linear_probe
@@ -25,24 +26,14 @@ CLASSES = ["cat", "dog", "fish"]
 
 @pytest.fixture()
 def task_root(tmp_path: Path) -> Path:
-    rng = np.random.default_rng(0)
-    root = tmp_path / "task"
-    for split, n in (("train", 10), ("test", 6)):
-        for c, cls in enumerate(CLASSES):
-            (root / split / cls).mkdir(parents=True)
-            for i in range(n):
-                arr = np.clip(rng.normal(40 + 80 * c, 20, (20, 20, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(arr).save(root / split / cls / f"{split}{c}_{i}.png")
-    return root
+    class_folder(tmp_path / "task" / "train", CLASSES, 10, (20, 20), seed=0, prefix="train")
+    class_folder(tmp_path / "task" / "test", CLASSES, 6, (20, 20), seed=1, prefix="test")
+    return tmp_path / "task"
 
 
 @pytest.fixture()
 def encoder_file(tmp_path: Path) -> Path:
-    spec = backbone_spec("small_cnn", 0.25, image_size=16)
-    torch.manual_seed(0)
-    path = tmp_path / "encoder.pt"
-    save_encoder(path, build_backbone(spec), spec, {"method": "test"})
-    return path
+    return random_encoder(tmp_path / "encoder.pt")
 
 
 def test_asr_counts_only_non_target_images() -> None:

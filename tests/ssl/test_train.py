@@ -13,6 +13,7 @@ import torch
 import yaml
 from PIL import Image
 
+from conftest import class_folder
 from corruptencoder.cli import main
 from corruptencoder.errors import ConfigError, UserError
 from corruptencoder.ssl.config import PretrainConfig
@@ -23,14 +24,7 @@ from corruptencoder.utils.config import load_config
 
 @pytest.fixture()
 def tiny_data(tmp_path: Path) -> Path:
-    rng = np.random.default_rng(0)
-    root = tmp_path / "data"
-    for c in range(3):
-        (root / f"c{c}").mkdir(parents=True)
-        for i in range(12):
-            arr = np.clip(rng.normal(60 + 60 * c, 30, (24, 28, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(arr).save(root / f"c{c}" / f"{i}.png")
-    return root
+    return class_folder(tmp_path / "data", ["c0", "c1", "c2"], 12, (28, 24))
 
 
 def tiny_config(data: Path, **over: object) -> PretrainConfig:

@@ -112,9 +112,15 @@ def exclude_references(task: Task, targets: Sequence[EvalTarget]) -> int:
     by_size: dict[tuple[int, int], set[str]] = {}
     for im in images:
         by_size.setdefault((im.shape[1], im.shape[0]), set()).add(_digest(im))
+    # a file name identifies an image only when it is unique in the test set (ImageNet's are; per-class
+    # numbering such as 0001.png is not): otherwise the pixels decide
+    stem_count: dict[str, int] = {}
+    for f in task.test.files:
+        stem_count[Path(f).stem] = stem_count.get(Path(f).stem, 0) + 1
     keep = []
     for i, f in enumerate(task.test.files):
-        hit = str(Path(f).resolve()) in ref_paths or Path(f).stem in ref_stems
+        stem = Path(f).stem
+        hit = str(Path(f).resolve()) in ref_paths or (stem in ref_stems and stem_count[stem] == 1)
         if not hit and by_size:
             try:
                 with open_image(f) as im:
