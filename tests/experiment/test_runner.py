@@ -126,6 +126,6 @@ def test_demo_verb_runs_small(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         args += ["--set", s]
     assert main(args) == 0
     out = capsys.readouterr().out
-    for arm in ("no-attack", "ssl-backdoor", "corruptencoder", "corruptencoder+", "corruptencoder+localized"):
+    for arm in ("no-attack", "ssl-backdoor", "corruptencoder", "corruptencoder+", "ce-localized"):
         assert f"| {arm} |" in out
     assert "backdoor" in out and (tmp_path / "demo" / "report.md").is_file()

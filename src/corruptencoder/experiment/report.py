@@ -23,7 +23,8 @@ def _fmt(v: Any, std: Any = None, digits: int = 1) -> str:
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
+    # a '|' inside a cell (e.g. "|BA - CA|") would split it: escape it
+    out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
     return out
 
 
