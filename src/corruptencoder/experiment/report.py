@@ -40,6 +40,14 @@ def main_table(aggs: Sequence[dict[str, Any]]) -> list[str]:
                    "pull Δ (attacked / clean)", "top triggered class"], body)
 
 
+def zero_shot_table(aggs: Sequence[dict[str, Any]]) -> list[str]:
+    """CLIP arms scored with the text tower and the prompts instead of a probe (beyond the paper)."""
+    rows = [a for a in aggs if a["epoch"] == "final" and a["sweep"] is None and a.get("zs_ca") is not None]
+    body = [[a["arm"], a["target"], _fmt(a["zs_ca"], a.get("zs_ca_std")), _fmt(a["zs_ba"], a.get("zs_ba_std")),
+             _fmt(a["zs_asr"], a.get("zs_asr_std")), _fmt(a["zs_no_attack_asr"])] for a in rows]
+    return _table(["arm", "target", "CA", "BA", "ASR", "no-attack ASR"], body) if body else []
+
+
 def training_table(aggs: Sequence[dict[str, Any]]) -> list[str]:
     rows = [a for a in aggs if a["epoch"] != "final"]
     if not rows:
@@ -87,6 +95,9 @@ def write_report(run_dir: Path, result: dict[str, Any]) -> Path:
     p = figures.asr_by_arm(aggs, figs / "asr_by_arm.png")
     if p:
         lines += [f"![ASR by arm](figures/{p.name})", ""]
+    zs = zero_shot_table(aggs)
+    if zs:
+        lines += ["## Zero-shot (CLIP text tower, the same prompts)", ""] + zs + [""]
     checks = result.get("checks") or []
     if checks:
         lines += ["## Benchmark targets", ""]
@@ -127,7 +138,11 @@ def rebuild_report(run_dir: str | Path) -> Path:
     res = run_dir / "results.json"
     if not res.is_file():
         raise UserError(f"{run_dir}: no results.json; is this a folder written by 'corruptencoder run'?")
-    return write_report(run_dir, json.loads(res.read_text(encoding="utf-8")))
+    from corruptencoder.experiment.results import target_checks
+
+    result = json.loads(res.read_text(encoding="utf-8"))
+    result["checks"] = target_checks(result["aggregates"])  # the current definition of the targets
+    return write_report(run_dir, result)
 
 
 #: Where the backdoor was measured to form, for the demo's closing message (benchmarks/scale_sweep.py).

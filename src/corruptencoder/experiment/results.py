@@ -119,6 +119,23 @@ def target_checks(aggs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             cut = 100 * (1 - lo["asr"] / a["asr"])
             checks.append({"check": f"localized cropping cuts CorruptEncoder ASR by >= 80% ({a['target']})",
                            "value": round(cut, 1), "detail": f"{a['asr']:.1f} -> {lo['asr']:.1f}", "ok": cut >= 80})
+    return checks + multimodal_checks(aggs)
+
+
+def multimodal_checks(aggs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Table 3's shape: CorruptEncoder well above (>= 20 points) Carlini-Terzis, BA within 3 of CA."""
+    checks = []
+    ct = _final(aggs, attack="carlini-terzis", defence="none", sweep=None)
+    for a in _final(aggs, attack="corruptencoder-mm", defence="none", sweep=None):
+        for proto, asr, ca, ba in (("probe", "asr", "ca", "ba"), ("zero-shot", "zs_asr", "zs_ca", "zs_ba")):
+            b = next((x for x in ct if x["target"] == a["target"] and x.get(asr) is not None), None)
+            if a.get(asr) is not None and b is not None:
+                checks.append({"check": f"CorruptEncoder ASR >= Carlini-Terzis ASR + 20 ({a['target']}, {proto})",
+                               "value": round(a[asr] - b[asr], 2), "detail": f"{a[asr]:.1f} vs {b[asr]:.1f}",
+                               "ok": a[asr] - b[asr] >= 20})
+            if a.get(ba) is not None and a.get(ca) is not None:
+                checks.append({"check": f"|BA - CA| <= 3 ({a['target']}, clip, {proto})",
+                               "value": round(abs(a[ba] - a[ca]), 2), "ok": abs(a[ba] - a[ca]) <= 3})
     return checks
 
 

@@ -1,0 +1,42 @@
+"""Report tables from aggregates alone: cells that contain '|', the zero-shot table of CLIP arms."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from corruptencoder.experiment.report import _table, zero_shot_table
+
+
+def _agg(**kw: Any) -> dict[str, Any]:
+    base = {"arm": "ce", "target": "fish", "epoch": "final", "sweep": None, "zs_ca": None, "zs_ba": None,
+            "zs_asr": None, "zs_no_attack_asr": None}
+    return {**base, **kw}
+
+
+def test_pipe_inside_a_cell_is_escaped() -> None:
+    row = _table(["check", "value"], [["|BA - CA| <= 3", "1.0"]])[2]
+    assert row == "| \\|BA - CA\\| <= 3 | 1.0 |"
+    assert row.replace("\\|", "").count("|") == 3
+
+
+def test_zero_shot_table_only_for_arms_with_zero_shot_scores() -> None:
+    assert zero_shot_table([_agg()]) == []
+    lines = zero_shot_table([_agg(), _agg(arm="clip-ce", zs_ca=74.7, zs_ba=70.0, zs_asr=6.667, zs_no_attack_asr=3.778)])
+    assert len(lines) == 3
+    assert lines[2] == "| clip-ce | fish | 74.7 | 70.0 | 6.7 | 3.8 |"
+
+
+def test_multimodal_checks_compare_with_carlini_terzis() -> None:
+    from corruptencoder.experiment.results import target_checks
+
+    common = {"epoch": "final", "sweep": None, "defence": "none", "method": "clip", "target": "mushroom"}
+    aggs = [{**common, "arm": "ct", "attack": "carlini-terzis", "asr": 1.0, "ca": 70.0, "ba": 70.0,
+             "zs_asr": 0.0, "zs_ca": 74.0, "zs_ba": 70.0},
+            {**common, "arm": "ce", "attack": "corruptencoder-mm", "asr": 40.0, "ca": 70.0, "ba": 71.0,
+             "zs_asr": 5.0, "zs_ca": 74.0, "zs_ba": 70.0}]
+    checks = {c["check"]: c for c in target_checks(aggs)}
+    assert checks["CorruptEncoder ASR >= Carlini-Terzis ASR + 20 (mushroom, probe)"]["ok"]
+    assert checks["CorruptEncoder ASR >= Carlini-Terzis ASR + 20 (mushroom, probe)"]["value"] == 39.0
+    assert not checks["CorruptEncoder ASR >= Carlini-Terzis ASR + 20 (mushroom, zero-shot)"]["ok"]
+    assert checks["|BA - CA| <= 3 (mushroom, clip, probe)"]["ok"]
+    assert not checks["|BA - CA| <= 3 (mushroom, clip, zero-shot)"]["ok"]
