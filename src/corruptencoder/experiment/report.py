@@ -40,6 +40,45 @@ def main_table(aggs: Sequence[dict[str, Any]]) -> list[str]:
                    "pull Δ (attacked / clean)", "top triggered class"], body)
 
 
+_ATTACK_COLUMNS = (("none", "No attack"), ("ssl-backdoor", "SSL-Backdoor"), ("corruptencoder", "CorruptEncoder"),
+                   ("corruptencoder-plus", "CorruptEncoder+"))
+
+
+def _defence_label(arm: dict[str, Any] | None, defence: str) -> str:
+    if arm is None or defence == "none":
+        return "no defence" if defence == "none" else defence
+    if defence == "compress":
+        return f"CompRess, {100 * arm['compress_fraction']:g} % clean data"
+    if defence == "localized":
+        return f"localized cropping (delta {arm['delta']:g})"
+    return {"no-crop": "no random cropping"}.get(defence, defence)
+
+
+def defence_table(aggs: Sequence[dict[str, Any]], arms: Sequence[dict[str, Any]]) -> list[str]:
+    """Table 4's shape: one row per defence, (BA or CA, ASR) per attack, and the training time per encoder
+    (for CompRess, the distillation alone)."""
+    rows = [a for a in aggs if a["epoch"] == "final" and a["sweep"] is None]
+    if len({a["defence"] for a in rows}) < 2:
+        return []
+    spec = {a["name"]: a for a in arms}
+    attacks = [(k, n) for k, n in _ATTACK_COLUMNS if any(a["attack"] == k for a in rows)]
+    body = []
+    for method, target, defence, label in sorted({(a["method"], a["target"], a["defence"],
+                                                   _defence_label(spec.get(a["arm"]), a["defence"])) for a in rows},
+                                                 key=lambda r: (r[0], r[1], r[2] != "none", r[3])):
+        group = [a for a in rows if (a["method"], a["target"], a["defence"]) == (method, target, defence)
+                 and _defence_label(spec.get(a["arm"]), a["defence"]) == label]
+        cells = []
+        for key, _ in attacks:
+            a = next((x for x in group if x["attack"] == key), None)
+            acc = None if a is None else (a["ca"] if key == "none" else a["ba"])
+            cells.append("–" if a is None else f"{_fmt(acc)} / {_fmt(a['asr'], a['asr_std'])}")
+        secs = [a["pretrain_seconds"] for a in group if a.get("pretrain_seconds") is not None]
+        body.append([label, method, target, *cells, f"{sum(secs) / len(secs):.0f}" if secs else "–"])
+    return _table(["defence", "method", "target", *[f"{n}: {'CA' if k == 'none' else 'BA'} / ASR" for k, n in attacks],
+                   "s per encoder"], body)
+
+
 def zero_shot_table(aggs: Sequence[dict[str, Any]]) -> list[str]:
     """CLIP arms scored with the text tower and the prompts instead of a probe (beyond the paper)."""
     rows = [a for a in aggs if a["epoch"] == "final" and a["sweep"] is None and a.get("zs_ca") is not None]
@@ -95,6 +134,11 @@ def write_report(run_dir: Path, result: dict[str, Any]) -> Path:
     p = figures.asr_by_arm(aggs, figs / "asr_by_arm.png")
     if p:
         lines += [f"![ASR by arm](figures/{p.name})", ""]
+    dt = defence_table(aggs, result.get("arms") or [])
+    if dt:
+        lines += ["## Defences (Table 4's shape)", "",
+                  "Accuracy and ASR of each attack under each defence; the last column is the mean wall time "
+                  "per encoder (for CompRess, the distillation alone, on its clean subset).", ""] + dt + [""]
     zs = zero_shot_table(aggs)
     if zs:
         lines += ["## Zero-shot (CLIP text tower, the same prompts)", ""] + zs + [""]
