@@ -553,6 +553,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set seeds=[0,1,2] (repeatable)")
     p.add_argument("--device", default="auto", help="evaluation device: auto | cpu | cuda")
+    p.add_argument("--arms", action="append", metavar="PATTERN",
+                   help="run only the arms whose names match this glob, e.g. 'none/*' (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_run)
 
@@ -563,7 +565,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_experiment(args.config, args.overrides)
     out = args.out or Path("runs") / cfg.name
-    result = run_experiment(cfg, out, progress=not args.quiet, device=args.device)
+    result = run_experiment(cfg, out, progress=not args.quiet, device=args.device, only=args.arms or ())
     _print_summary(result, out)
     return 0
 

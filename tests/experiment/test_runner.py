@@ -129,3 +129,18 @@ def test_demo_verb_runs_small(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     for arm in ("no-attack", "ssl-backdoor", "corruptencoder", "corruptencoder+", "ce-localized"):
         assert f"| {arm} |" in out
     assert "backdoor" in out and (tmp_path / "demo" / "report.md").is_file()
+
+
+def test_arms_filter_selects_by_glob_and_refuses_a_pattern_matching_nothing(tmp_path: Path) -> None:
+    from corruptencoder.errors import UserError
+    from corruptencoder.experiment.runner import select_arms
+
+    cfg = load_experiment(write(tmp_path, {**TINY, "arms": [
+        {"name": "none/no-attack", "attack": "none"}, {"name": "none/ce", "attack": "corruptencoder"},
+        {"name": "localized/ce", "attack": "corruptencoder", "defence": "localized"}]}))
+    arms = cfg.expanded_arms()
+    assert [a.name for a in select_arms(arms, ["none/*"])] == ["none/no-attack", "none/ce"]
+    assert [a.name for a in select_arms(arms, ["*/ce"])] == ["none/ce", "localized/ce"]
+    assert select_arms(arms, []) == arms
+    with pytest.raises(UserError, match="matches no arm; the arms are: none/no-attack, none/ce, localized/ce"):
+        select_arms(arms, ["compress*"])

@@ -16,7 +16,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from corruptencoder import __version__
 from corruptencoder.errors import UserError
@@ -48,7 +48,7 @@ class StageLog:
 
 class Runner:
     def __init__(self, cfg: ExperimentConfig, run_dir: str | Path, *, progress: bool = True, device: str = "auto",
-                 say: Callable[[str], None] = print) -> None:
+                 say: Callable[[str], None] = print, only: Sequence[str] = ()) -> None:
         self.cfg = cfg
         self.dir = Path(run_dir)
         self.cache = self.dir / "cache"
@@ -56,7 +56,7 @@ class Runner:
         self.device = device
         self.say = say
         self.log = StageLog(self.dir / "stages.jsonl")
-        self.arms = cfg.expanded_arms()
+        self.arms = select_arms(cfg.expanded_arms(), only)
         self._world: Path | None = None
         self._n_clean: int | None = None
 
@@ -378,6 +378,19 @@ def _clip_file(encoder: Path) -> Path | None:
     """clip.pt beside encoder.pt, or epoch_XXX.clip.pt beside a snapshot."""
     p = encoder.with_name("clip.pt") if encoder.name == "encoder.pt" else encoder.with_name(encoder.stem + ".clip.pt")
     return p if p.is_file() else None
+
+
+def select_arms(arms: list[ArmSpec], patterns: Sequence[str]) -> list[ArmSpec]:
+    """The arms whose names match any glob pattern (all when none is given); a pattern matching nothing
+    is an error before any work, listing the arms there are."""
+    import fnmatch
+
+    if not patterns:
+        return arms
+    for pat in patterns:
+        if not any(fnmatch.fnmatchcase(a.name, pat) for a in arms):
+            raise UserError(f"--arms {pat!r} matches no arm; the arms are: {', '.join(a.name for a in arms)}")
+    return [a for a in arms if any(fnmatch.fnmatchcase(a.name, pat) for pat in patterns)]
 
 
 def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, **kw: Any) -> dict[str, Any]:
