@@ -191,8 +191,12 @@ def rebuild_report(run_dir: str | Path) -> Path:
 
 #: Where the backdoor was measured to form, for the demo's closing message (benchmarks/scale_sweep.py).
 SCALE_FINDINGS = (
-    "Measured with benchmarks/scale_sweep.py (see README, 'Where the backdoor forms'); at demo scale the "
-    "encoder is too small and too briefly trained for the trigger to take over a test image's features."
+    "Where it does form (measured on 2 CPU cores, README 'Where the backdoor forms'): at the cpu-small preset, "
+    "`python benchmarks/scale_sweep.py --config configs/cpu-small/scale-sweep.yaml` (about 70 min) shows it "
+    "starting: after 150 epochs the feature pull is 0.135 vs 0.022 for the clean encoder and the ASR 16-20 % vs "
+    "9-10 % (peak 25.8 % vs 11.0 % at epoch 50 with 1,000 poisons), still far from the paper's >= 60 %. The next "
+    "step up, not yet measured by us: `python benchmarks/scale_sweep.py --config configs/gpu-small/scale-sweep.yaml` "
+    "(one GPU)."
 )
 
 
