@@ -63,9 +63,15 @@ def defence_table(aggs: Sequence[dict[str, Any]], arms: Sequence[dict[str, Any]]
     spec = {a["name"]: a for a in arms}
     attacks = [(k, n) for k, n in _ATTACK_COLUMNS if any(a["attack"] == k for a in rows)]
     body = []
+    def order(r: tuple[str, str, str, str]) -> tuple[Any, ...]:
+        arm = next((spec.get(a["arm"]) for a in rows if a["defence"] == r[2]
+                    and _defence_label(spec.get(a["arm"]), a["defence"]) == r[3]), None) or {}
+        knob = arm.get("compress_fraction" if r[2] == "compress" else "delta", 0) if r[2] in ("compress", "localized") else 0
+        return (r[0], r[1], r[2] != "none", r[2], knob, r[3])
+
     for method, target, defence, label in sorted({(a["method"], a["target"], a["defence"],
                                                    _defence_label(spec.get(a["arm"]), a["defence"])) for a in rows},
-                                                 key=lambda r: (r[0], r[1], r[2] != "none", r[3])):
+                                                 key=order):
         group = [a for a in rows if (a["method"], a["target"], a["defence"]) == (method, target, defence)
                  and _defence_label(spec.get(a["arm"]), a["defence"]) == label]
         cells = []
