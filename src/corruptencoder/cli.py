@@ -553,6 +553,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set seeds=[0,1,2] (repeatable)")
     p.add_argument("--device", default="auto", help="evaluation device: auto | cpu | cuda")
+    p.add_argument("--cache", type=Path, help="stage cache folder (default RUN_DIR/cache); runs that share one "
+                   "reuse each other's poisons, encoders and scores wherever the inputs are the same")
     p.add_argument("--arms", action="append", metavar="PATTERN",
                    help="run only the arms whose names match this glob, e.g. 'none/*' (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -565,7 +567,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_experiment(args.config, args.overrides)
     out = args.out or Path("runs") / cfg.name
-    result = run_experiment(cfg, out, progress=not args.quiet, device=args.device, only=args.arms or ())
+    result = run_experiment(cfg, out, progress=not args.quiet, device=args.device, only=args.arms or (),
+                            cache=args.cache)
     _print_summary(result, out)
     return 0
 

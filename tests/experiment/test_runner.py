@@ -70,6 +70,13 @@ def test_two_arms_run_write_everything_then_cache(tmp_path: Path) -> None:
     # the report is rebuilt from results alone
     (run / "report.md").unlink()
     assert main(["report", str(run)]) == 0 and (run / "report.md").is_file()
+    # another experiment (other name, other run folder) sharing the cache, one arm of it: nothing runs
+    other = {**TINY, "name": "other", "arms": [*TINY["arms"], {"name": "extra", "attack": "ssl-backdoor"}]}
+    run2 = tmp_path / "run2"
+    assert main(["run", str(write(tmp_path, other, "c.yaml")), "--out", str(run2), "--quiet",
+                 "--cache", str(run / "cache"), "--arms", "ce"]) == 0
+    assert counts(run2) == {} and not (run2 / "cache").exists()
+    assert {r["arm"] for r in json.loads((run2 / "results.json").read_text())["rows"]} == {"ce"}
 
 
 def test_interrupted_run_resumes_without_redoing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -48,10 +48,12 @@ class StageLog:
 
 class Runner:
     def __init__(self, cfg: ExperimentConfig, run_dir: str | Path, *, progress: bool = True, device: str = "auto",
-                 say: Callable[[str], None] = print, only: Sequence[str] = ()) -> None:
+                 say: Callable[[str], None] = print, only: Sequence[str] = (),
+                 cache: str | Path | None = None) -> None:
         self.cfg = cfg
         self.dir = Path(run_dir)
-        self.cache = self.dir / "cache"
+        # stages are keyed by a hash of their inputs, so runs of different configs can share one cache
+        self.cache = Path(cache) if cache else self.dir / "cache"
         self.progress = progress
         self.device = device
         self.say = say
