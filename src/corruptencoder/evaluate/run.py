@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -114,9 +115,7 @@ def exclude_references(task: Task, targets: Sequence[EvalTarget]) -> int:
         by_size.setdefault((im.shape[1], im.shape[0]), set()).add(_digest(im))
     # a file name identifies an image only when it is unique in the test set (ImageNet's are; per-class
     # numbering such as 0001.png is not): otherwise the pixels decide
-    stem_count: dict[str, int] = {}
-    for f in task.test.files:
-        stem_count[Path(f).stem] = stem_count.get(Path(f).stem, 0) + 1
+    stem_count = Counter(Path(f).stem for f in task.test.files)
     keep = []
     for i, f in enumerate(task.test.files):
         stem = Path(f).stem

@@ -62,18 +62,15 @@ def defence_table(aggs: Sequence[dict[str, Any]], arms: Sequence[dict[str, Any]]
         return []
     spec = {a["name"]: a for a in arms}
     attacks = [(k, n) for k, n in _ATTACK_COLUMNS if any(a["attack"] == k for a in rows)]
+    # one group per (method, target, defence setting), ordered: no defence first, then by the defence's knob
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for a in rows:
+        arm = spec.get(a["arm"]) or {}
+        knob = {"compress": arm.get("compress_fraction"), "localized": arm.get("delta")}.get(a["defence"]) or 0
+        label = _defence_label(spec.get(a["arm"]), a["defence"])
+        groups.setdefault((a["method"], a["target"], a["defence"] != "none", a["defence"], knob, label), []).append(a)
     body = []
-    def order(r: tuple[str, str, str, str]) -> tuple[Any, ...]:
-        arm = next((spec.get(a["arm"]) for a in rows if a["defence"] == r[2]
-                    and _defence_label(spec.get(a["arm"]), a["defence"]) == r[3]), None) or {}
-        knob = arm.get("compress_fraction" if r[2] == "compress" else "delta", 0) if r[2] in ("compress", "localized") else 0
-        return (r[0], r[1], r[2] != "none", r[2], knob, r[3])
-
-    for method, target, defence, label in sorted({(a["method"], a["target"], a["defence"],
-                                                   _defence_label(spec.get(a["arm"]), a["defence"])) for a in rows},
-                                                 key=order):
-        group = [a for a in rows if (a["method"], a["target"], a["defence"]) == (method, target, defence)
-                 and _defence_label(spec.get(a["arm"]), a["defence"]) == label]
+    for (method, target, _, _, _, label), group in sorted(groups.items(), key=lambda kv: kv[0]):
         cells = []
         for key, _ in attacks:
             a = next((x for x in group if x["attack"] == key), None)
