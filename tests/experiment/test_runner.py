@@ -151,3 +151,22 @@ def test_arms_filter_selects_by_glob_and_refuses_a_pattern_matching_nothing(tmp_
     assert select_arms(arms, []) == arms
     with pytest.raises(UserError, match="matches no arm; the arms are: none/no-attack, none/ce, localized/ce"):
         select_arms(arms, ["compress*"])
+
+
+def test_continued_pretraining_arm_starts_both_encoders_from_the_base_arm(tmp_path: Path) -> None:
+    cfg = json.loads(json.dumps(TINY))
+    cfg["evaluation"]["checkpoints_every"] = 0
+    cfg["arms"] = [{"name": "base", "attack": "none"},
+                   {"name": "refresh", "attack": "corruptencoder", "init": "arm:base", "epochs": 1}]
+    run = tmp_path / "run"
+    assert main(["run", str(write(tmp_path, cfg)), "--out", str(run), "--quiet"]) == 0
+    # base (clean, once), then the poisoned and the clean continuation, each from base's encoder
+    assert counts(run) == {"craft": 1, "pretrain": 3, "evaluate": 2}
+    encoders = sorted((run / "cache" / "encoders").iterdir())
+    inits = [yaml.safe_load((e / "config.yaml").read_text())["backbone"]["init"] for e in encoders]
+    base = [e for e, i in zip(encoders, inits) if i is None]
+    assert len(base) == 1 and sorted(i for i in inits if i) == [str(base[0] / "encoder.pt")] * 2
+    bad = json.loads(json.dumps(cfg))
+    bad["arms"][1]["init"] = "arm:nope"
+    with pytest.raises(ConfigError, match="names no arm"):
+        load_experiment(write(tmp_path, bad, "bad.yaml"))

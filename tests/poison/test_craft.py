@@ -182,3 +182,15 @@ def test_block_random_trigger(assets: dict[str, Path], tmp_path: Path) -> None:
     assert (t[:3, :4] == t[0, 0]).all() and (t[3:, 4:] == t[5, 7]).all()  # 2 x 2 cells of one colour each
     craft(_config(assets, trigger="random:3", trigger_size=6, num=3), tmp_path / "o", progress=False)
     assert read_manifest(tmp_path / "o")[0]["trigger_box"]
+
+
+def test_smooth_trigger_looks_like_the_authors_patch() -> None:
+    from corruptencoder.poison.triggers import TriggerSpec, make_trigger
+
+    a = make_trigger(TriggerSpec("smooth", (40, 40), 7))
+    assert a.shape == (40, 40, 3)
+    assert (a == make_trigger(TriggerSpec("smooth:5", (40, 40), 7))).all()  # 5 x 5 cells by default
+    assert not (a == make_trigger(TriggerSpec("smooth", (40, 40), 8))).all()  # seeded
+    # saturated colours (corners of the RGB cube), blended: most channel values near 0 or 255
+    assert ((a < 40) | (a > 215)).mean() > 0.6 and ((a > 40) & (a < 215)).mean() > 0.05
+    assert TriggerSpec("smooth:3").describe()["kind"] == "smooth:3"

@@ -181,3 +181,17 @@ def test_ddp_two_cpu_processes(tiny_data: Path, tmp_path: Path) -> None:
     assert (out / "checkpoints" / "last.ckpt").is_file() and (out / "encoder.pt").is_file()
     ck = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ck["global_step"] == 1  # 36 images / (12 per process x 2 processes) -> 1 step per epoch
+
+
+def test_continued_pretraining_starts_from_the_given_encoder(tiny_data: Path, tmp_path: Path) -> None:
+    from conftest import random_encoder
+    from corruptencoder.ssl.train import method_class
+
+    init = random_encoder(tmp_path / "init.pt", width=0.25, image_size=16, seed=3)
+    model = method_class("moco")(tiny_config(tiny_data, **{"backbone.init": str(init)}))
+    want, _, _ = load_encoder(init)
+    for k, v in want.state_dict().items():
+        torch.testing.assert_close(model.backbone.state_dict()[k], v)
+        torch.testing.assert_close(model.backbone_k.state_dict()[k], v)  # the key encoder starts there too
+    with pytest.raises(ConfigError, match="differs from the configured"):
+        method_class("moco")(tiny_config(tiny_data, **{"backbone.init": str(init), "backbone.width": 0.5}))

@@ -107,6 +107,9 @@ class ArmSpec(StrictModel):
     image_size: int | None = None
     batch_size: int | None = None
     lr: float | None = None
+    init: str | None = Field(None, description="continued pre-training: every encoder of the arm (the attacked one "
+                             "and its clean twin) starts from this encoder.pt, or 'arm:NAME' = arm NAME's clean "
+                             "final encoder")
     pretrain: dict[str, Any] = Field(default_factory=dict, description="raw pre-training config overrides")
 
     @field_validator("alpha", "beta")
@@ -189,6 +192,12 @@ class ExperimentConfig(StrictModel):
             raise ConfigError(f"arm names must be unique; repeated: {', '.join(dup)} (set name: on the arms)")
         known = {t.name for t in self.targets}
         for a in out:
+            if a.init and a.init.startswith("arm:"):
+                ref = a.init[4:]
+                if ref not in names:
+                    raise ConfigError(f"arm {a.name}: init {a.init!r} names no arm ({', '.join(names)})")
+                if ref == a.name or next(x for x in out if x.name == ref).init:
+                    raise ConfigError(f"arm {a.name}: init {a.init!r} must name an arm trained from scratch")
             for t in a.targets or []:
                 if t not in known:
                     raise ConfigError(f"arm {a.name}: target {t!r} is not in targets ({', '.join(sorted(known))})")

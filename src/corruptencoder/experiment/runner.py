@@ -187,7 +187,7 @@ class Runner:
         return out
 
     # -- pre-training ------------------------------------------------------------------------
-    def pretrain_config(self, arm: ArmSpec, seed: int, poisons: Path | None) -> Any:
+    def pretrain_config(self, arm: ArmSpec, seed: int, poisons: Path | None, init: Path | None = None) -> Any:
         from corruptencoder.presets import _merge, apply_preset
         from corruptencoder.ssl.config import PretrainConfig
 
@@ -210,13 +210,28 @@ class Runner:
                 body = _merge(body, {section: {name: v}})
         if self.cfg.evaluation.checkpoints_every:
             body = _merge(body, {"trainer": {"snapshot_every": self.cfg.evaluation.checkpoints_every}})
+        if init is not None:
+            body = _merge(body, {"backbone": {"init": str(init)}})
         body = apply_preset(self.cfg.preset, body)
         body.setdefault("trainer", {})["progress"] = self.progress
         return PretrainConfig.model_validate(body)
 
-    @staticmethod
-    def pretrain_key(cfg: Any, poisons: Path | None, arm: ArmSpec | None = None) -> str:
+    def init_encoder(self, arm: ArmSpec, seed: int) -> Path | None:
+        """The encoder an arm's continued pre-training starts from (trained first if needed)."""
+        if not arm.init:
+            return None
+        if not arm.init.startswith("arm:"):
+            return Path(arm.init)
+        base = next(a for a in self.cfg.expanded_arms() if a.name == arm.init[4:])
+        base = base.model_copy(update={"attack": "none", "defence": "none"})
+        return self.pretrain(base, seed, None, f"{arm.name} (initial encoder: {base.name}, clean)") / "encoder.pt"
+
+    def pretrain_key(self, cfg: Any, poisons: Path | None, arm: ArmSpec | None = None) -> str:
         body = cfg.model_dump(mode="json")
+        init = body["backbone"].get("init")
+        if init:  # the initial encoder by its cache key (or content), not by where the cache lives
+            p = Path(init)
+            body["backbone"]["init"] = p.parent.name if p.parent.parent == self.cache / "encoders" else _sha256(p)
         if arm is not None and arm.defence == "compress":  # a distilled student, not its teacher
             body["defence"] = {"compress": arm.compress_fraction}
         for k in ("progress", "accelerator", "devices", "threads", "log_every_n_steps"):
@@ -228,7 +243,7 @@ class Runner:
     def pretrain(self, arm: ArmSpec, seed: int, poisons: Path | None, role: str) -> Path:
         from corruptencoder.ssl.train import pretrain
 
-        cfg = self.pretrain_config(arm, seed, poisons)
+        cfg = self.pretrain_config(arm, seed, poisons, self.init_encoder(arm, seed))
         key = self.pretrain_key(cfg, poisons, arm)
         out = self.cache / "encoders" / key
         if (out / "encoder.pt").is_file():
@@ -369,11 +384,19 @@ class Runner:
         out: list[tuple[int | None, Path, Path]] = []
         if self.cfg.evaluation.checkpoints_every:
             for snap in sorted((enc_dir / "encoders").glob("epoch_*.pt")):
+                if not snap.stem[len("epoch_"):].isdigit():  # epoch_010.clip.pt: CLIP's whole model
+                    continue
                 twin = clean_dir / "encoders" / snap.name
                 if twin.is_file():
                     out.append((int(snap.stem.split("_")[1]), snap, twin))
         out.append((None, enc_dir / "encoder.pt", clean_dir / "encoder.pt"))
         return out
+
+
+def _sha256(path: Path) -> str:
+    if not path.is_file():
+        raise UserError(f"{path}: initial encoder not found (arm init); give an encoder.pt or 'arm:NAME'")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _clip_file(encoder: Path) -> Path | None:

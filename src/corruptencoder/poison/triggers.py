@@ -1,7 +1,9 @@
 """Triggers: a seeded random patch (the paper's default), white, purple, or an image file.
 
 ``random`` draws every pixel; ``random:N`` draws random colours on an N x N grid of cells, for
-small images where a per-pixel pattern would not survive resizing.
+small images where a per-pixel pattern would not survive resizing; ``smooth[:N]`` draws saturated
+colours (corners of the RGB cube) on an N x N grid (default 5) and blends them bicubically: an
+offline look-alike of the authors' ``triggers/trigger_10.png``, the patch that made the paper's tables.
 
 A trigger is resolved once into an RGB uint8 array and saved next to the poisons
 (``triggers/<target>.png``) so evaluation pastes exactly the same pixels into test images.
@@ -28,6 +30,7 @@ SOLID_COLOURS: dict[str, tuple[int, int, int]] = {
 }
 KINDS = ("random", *SOLID_COLOURS)
 _BLOCKS = re.compile(r"^random:(\d+)$")
+_SMOOTH = re.compile(r"^smooth(?::(\d+))?$")
 
 
 def parse_size(size: int | str | tuple[int, int] | list[int] | None) -> tuple[int, int] | None:
@@ -67,7 +70,7 @@ class TriggerSpec:
 
     @property
     def is_image(self) -> bool:
-        return self.kind not in KINDS and not _BLOCKS.match(self.kind)
+        return self.kind not in KINDS and not _BLOCKS.match(self.kind) and not _SMOOTH.match(self.kind)
 
     def describe(self) -> dict:
         return {"kind": "image" if self.is_image else self.kind,
@@ -81,7 +84,8 @@ def make_trigger(spec: TriggerSpec) -> np.ndarray:
         path = Path(spec.kind)
         if not path.exists():
             raise ConfigError(
-                f"trigger {spec.kind!r} is neither one of {', '.join(KINDS)} nor an existing image file"
+                f"trigger {spec.kind!r} is neither one of {', '.join(KINDS)}, random:N, smooth[:N] nor an existing "
+                "image file"
             )
         im = load_rgb(path)
         if spec.size and im.size != spec.size:
@@ -90,6 +94,12 @@ def make_trigger(spec: TriggerSpec) -> np.ndarray:
     if spec.size is None:
         raise ConfigError(f"a {spec.kind} trigger needs a size, e.g. --trigger-size 40")
     w, h = spec.size
+    smooth = _SMOOTH.match(spec.kind)
+    if smooth:
+        n = max(2, int(smooth.group(1) or 5))
+        rng = np.random.default_rng(0 if spec.seed is None else spec.seed)
+        cells = (rng.integers(0, 2, size=(n, n, 3)) * 255).astype(np.uint8)
+        return np.asarray(Image.fromarray(cells, "RGB").resize((w, h), Image.Resampling.BICUBIC), dtype=np.uint8).copy()
     blocks = _BLOCKS.match(spec.kind)
     if spec.kind == "random" or blocks:
         seed = 0 if spec.seed is None else spec.seed

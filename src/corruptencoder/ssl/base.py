@@ -20,6 +20,18 @@ from corruptencoder.ssl.optim import build_optimizer, warmup_cosine
 from corruptencoder.ssl.views import ViewPlan, view_plan
 
 
+def load_initial_weights(model: nn.Module, spec: dict[str, Any], path: str) -> None:
+    """Continued pre-training: copy an encoder.pt's weights into ``model`` (same backbone, or say why not)."""
+    from corruptencoder.errors import ConfigError
+    from corruptencoder.ssl.encoder import load_encoder
+
+    init, init_spec, _ = load_encoder(path, spec)
+    if init_spec != spec:
+        raise ConfigError(f"backbone.init {path}: its backbone {init_spec} differs from the configured {spec}; "
+                          "continue pre-training with the same backbone, width and stem")
+    model.load_state_dict(init.state_dict())
+
+
 class SSLMethod(L.LightningModule):
     name = "base"
 
@@ -41,7 +53,10 @@ class SSLMethod(L.LightningModule):
         """The encoder being trained and its plain-data spec (stored in encoder.pt)."""
         b = self.cfg.backbone
         spec = backbone_spec(b.name, b.width, b.small_stem, self.cfg.data.image_size)
-        return spec, build_backbone(spec)
+        model = build_backbone(spec)
+        if b.init:
+            load_initial_weights(model, spec, b.init)
+        return spec, model
 
     def build(self) -> None:
         """Create heads, momentum copies, queues."""

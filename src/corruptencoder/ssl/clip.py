@@ -135,6 +135,8 @@ class CLIPMethod(_method_base()):  # type: ignore[misc]
         from corruptencoder.ssl.backbones import backbone_spec
 
         b = self.cfg.backbone
+        if b.init:
+            raise ConfigError("backbone.init (continued pre-training) is not supported for CLIP; remove it")
         image = backbone_spec(b.name, b.width, b.small_stem, self.cfg.data.image_size)
         spec = clip_spec(self.cfg.method, self.cfg.data.image_size, image)
         self.clip_spec = spec

@@ -19,8 +19,11 @@ class MoCoConfig(StrictModel):
 
     name: Literal["moco"] = "moco"
     temperature: float = 0.2
-    queue_size: int = Field(16384, ge=0)
+    # 65,536 keys as the authors' main_moco.py (--moco-k default) and MoCo-v2
+    queue_size: int = Field(65536, ge=0)
     momentum: float = Field(0.999, ge=0.0, le=1.0)
+    bn_splits: int = Field(2, ge=1, description="shuffled BN on one device: virtual devices with their own BN "
+                           "statistics, key batch shuffled between them (2 = the authors' 2 GPUs; 1 = off)")
     proj_hidden: int | None = Field(None, description="hidden width of the MLP head (default: feature dim)")
     proj_dim: int = 128
     symmetric: bool = False
@@ -111,7 +114,9 @@ METHODS = ("moco", "simclr", "swav", "msf", "byol")
 
 # optimizer, lr per 256 images, weight decay, warm-up epochs: the published recipes
 OPTIM_DEFAULTS: dict[str, tuple[str, float, float, float]] = {
-    "moco": ("sgd", 0.6, 1e-4, 0.0),        # the paper's Appendix B (SSL-Backdoor's MoCo-v2 setting)
+    # The paper's Appendix B says 0.6, but the code that produced its tables (the authors' run_pretraining.sh,
+    # as Saha et al.'s) trains with --lr 0.06 at batch 256: the text's 0.6 is a typo.
+    "moco": ("sgd", 0.06, 1e-4, 0.0),
     "simclr": ("lars", 0.3, 1e-6, 10.0),    # lr 1.2 at batch 1024
     "swav": ("lars", 0.6, 1e-6, 0.0),       # batch 256 recipe
     "byol": ("lars", 0.2, 1.5e-6, 10.0),
@@ -172,6 +177,8 @@ class BackboneConfig(StrictModel):
     name: str = Field("resnet18", description="resnet18 | resnet34 | resnet50 | small_cnn | timm:<name>")
     width: float = Field(1.0, gt=0.0)
     small_stem: bool | None = Field(None, description="3x3 stem without max-pool (default: image_size <= 64)")
+    init: str | None = Field(None, description="start from these weights (an encoder.pt of the same backbone): "
+                             "continued pre-training, e.g. a clean encoder refreshed on newly scraped data")
 
 
 class OptimConfig(StrictModel):

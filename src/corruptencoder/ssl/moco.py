@@ -15,6 +15,7 @@ from torch import nn
 
 from corruptencoder.ssl.base import SSLMethod
 from corruptencoder.ssl.config import MoCoConfig
+from corruptencoder.ssl.splitbn import set_splits, use_split_batchnorm
 
 
 class MoCo(SSLMethod):
@@ -23,6 +24,7 @@ class MoCo(SSLMethod):
     def build(self) -> None:
         m: MoCoConfig = self.cfg.method  # type: ignore[assignment]
         hidden = m.proj_hidden or self.feat_dim
+        use_split_batchnorm(self.backbone, m.bn_splits)  # before the key copy: both encoders split
         self.projection = MoCoProjectionHead(self.feat_dim, hidden, m.proj_dim)
         self.backbone_k = self.momentum_copy(self.backbone)
         self.projection_k = self.momentum_copy(self.projection)
@@ -31,12 +33,21 @@ class MoCo(SSLMethod):
         self.criterion = NTXentLoss(m.temperature, memory_bank_size=(m.queue_size, m.proj_dim) if m.queue_size else 0,
                                     gather_distributed=distributed)
 
+    def on_fit_start(self) -> None:
+        if self.trainer.world_size > 1:  # real devices shuffle BN across ranks: no virtual split on top
+            set_splits(self, 1)
+
     def key(self, x: torch.Tensor) -> torch.Tensor:
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         if distributed and torch.distributed.get_world_size() > 1:
             x, shuffle = batch_shuffle_distributed(x)
             k = self.projection_k(self.backbone_k(x))
             return batch_unshuffle_distributed(k, shuffle).detach()
+        m: MoCoConfig = self.cfg.method  # type: ignore[assignment]
+        if m.bn_splits > 1:  # the keys' virtual devices hold other images than the queries' did
+            perm = torch.randperm(x.shape[0], device=x.device)
+            k = self.projection_k(self.backbone_k(x[perm]))
+            return k[torch.argsort(perm)].detach()
         return self.projection_k(self.backbone_k(x)).detach()
 
     def compute_loss(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
