@@ -13,10 +13,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from corruptencoder.data.synthetic import DEFAULT_TARGET
 from corruptencoder.errors import UserError
 
-#: The built-in target class and the size the assets are rendered at (large enough for a 40 px trigger).
-BUILTIN_TARGET = "fish"
+#: The built-in target class (the world generator's default) and the size the assets are rendered at
+#: (large enough for a 40 px trigger).
+BUILTIN_TARGET = DEFAULT_TARGET
 BUILTIN_IMAGE_SIZE = 256
 
 

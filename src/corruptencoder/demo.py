@@ -10,8 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from corruptencoder.assets import cache_dir
+from corruptencoder.data.synthetic import DEFAULT_TARGET
 
-DEMO_TARGET = "fish"
+#: The demo's target class: the world generator's default target (one definition, data/synthetic.py).
+DEMO_TARGET = DEFAULT_TARGET
 DEMO_COUNTS = {
     "n_pretrain": 5000,
     "n_train_per_class": 100,

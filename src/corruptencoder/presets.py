@@ -1,100 +1,128 @@
 """Scale presets: the same experiment at CPU-demo, CPU-hour, one-GPU-hour and paper scale.
 
-A preset is a partial pre-training config merged *under* the user's config (the user's keys win).
-Method-specific entries are applied only to the method they name. ``paper`` is the published
-setting (ImageNet-100 at 224 px, ResNet-18, 200 epochs, batch 256).
+A preset is a typed partial pre-training config (:class:`~corruptencoder.ssl.config.Patch`) merged
+*under* the user's config (the user's keys win), plus what each method declares for that preset in its
+own file (``presets = {"cpu-tiny": Patch(...)}``). A preset may extend another (``cpu-small`` is
+``cpu-tiny`` with a quarter-width ResNet-18), and the method deltas follow the same chain. ``paper`` is
+the published setting (ImageNet-100 at 224 px, ResNet-18, 200 epochs, batch 256).
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 from corruptencoder.errors import ConfigError
+from corruptencoder.ssl.config import (
+    METHODS,
+    BackboneConfig,
+    DataConfig,
+    OptimConfig,
+    Patch,
+    TrainerConfig,
+    ViewsConfig,
+)
 
-#: SGD learning rates (per 256 images) that train each method at the small presets (measured on the
-#: demo world: LARS at the published rates barely moves at batch 128-512 on these small models).
-SGD_LRS: dict[str, dict[str, float]] = {
-    "optim:moco": {"lr": 0.12}, "optim:simclr": {"lr": 0.5}, "optim:swav": {"lr": 0.5}, "optim:byol": {"lr": 0.5},
-    "optim:msf": {"lr": 0.1}, "optim:compress": {"lr": 0.1},
-}
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    patch: Patch
+    parent: str | None = None
+    summary: str = ""
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge of two config dicts; ``over`` wins."""
     out = copy.deepcopy(base)
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
+            out[k] = merge(out[k], v)
         else:
             out[k] = copy.deepcopy(v)
     return out
 
 
-PRESETS: dict[str, dict[str, Any]] = {
-    # 2 CPU cores, the demo world at 32 px, minutes per encoder
-    "cpu-tiny": {
-        "data": {"image_size": 32},
-        "backbone": {"name": "small_cnn", "width": 1.0},
-        "views": {"blur": False},
-        "optim": {"batch_size": 128, "epochs": 30, "optimizer": "sgd"},
-        "trainer": {"precision": "32-true", "accelerator": "cpu"},
-        # queues and banks well below the data set size (a queue holding most images' own stale keys
-        # stalls MoCo on 5,000 images: measured), SGD rather than LARS at batch 128 (measured)
-        "method:moco": {"queue_size": 512, "proj_hidden": 512, "temperature": 0.2, "momentum": 0.99},
-        "method:simclr": {"temperature": 0.2, "proj_hidden": 512},
-        "method:swav": {"n_prototypes": 100, "queue_size": 0, "n_local": 0, "proj_hidden": 512},
-        "method:byol": {"proj_hidden": 512, "proj_dim": 128, "pred_hidden": 512},
-        "method:msf": {"bank_size": 2048, "proj_hidden": 512, "proj_dim": 128, "pred_hidden": 512},
-        "method:compress": {"queue_size": 1024, "momentum": 0.99},
-        "method:clip": {"model": "custom", "embed_dim": 128, "text_width": 64, "text_layers": 2, "context_length": 32},
-        **SGD_LRS,
-    },
-    # one GPU, under an hour: full ResNet-18 on CIFAR-sized data, 200 epochs
-    "gpu-small": {
-        "data": {"image_size": 32},
-        "backbone": {"name": "resnet18", "width": 1.0},
-        "views": {"blur": False},
-        "optim": {"batch_size": 512, "epochs": 200, "optimizer": "sgd"},
-        "trainer": {"precision": "bf16-mixed", "accelerator": "gpu"},
-        "method:moco": {"queue_size": 4096, "temperature": 0.2, "momentum": 0.99},
-        "method:simclr": {"temperature": 0.2},
-        "method:swav": {"n_prototypes": 300, "queue_size": 0, "n_local": 0},
-        "method:msf": {"bank_size": 8192},
-        "method:compress": {"queue_size": 4096, "momentum": 0.99},
-        **SGD_LRS,
-    },
-    # the paper: ImageNet100-A at 224 px, ResNet-18, 200 epochs, batch 256 (method defaults otherwise)
-    "paper": {
-        "data": {"image_size": 224},
-        "backbone": {"name": "resnet18", "width": 1.0},
-        "optim": {"batch_size": 256, "epochs": 200},
-    },
-}
+PRESETS: dict[str, Preset] = {p.name: p for p in (
+    Preset("cpu-tiny", Patch(
+        data=DataConfig(image_size=32),
+        backbone=BackboneConfig(name="small_cnn", width=1.0),
+        views=ViewsConfig(blur=False),
+        # SGD rather than LARS at batch 128 (measured: LARS at the published rates barely moves there)
+        optim=OptimConfig(batch_size=128, epochs=30, optimizer="sgd"),
+        trainer=TrainerConfig(precision="32-true", accelerator="cpu"),
+    ), summary="2 CPU cores, the demo world at 32 px, minutes per encoder"),
+    # MoCo-v2: ~9 s per epoch on the demo world's 5,500 images, 78.8 % linear probe after 100 epochs (measured)
+    Preset("cpu-small", Patch(backbone=BackboneConfig(name="resnet18", width=0.25), optim=OptimConfig(epochs=100)),
+           parent="cpu-tiny", summary="2 CPU cores, about an hour per encoder: a quarter-width ResNet-18"),
+    Preset("gpu-small", Patch(
+        data=DataConfig(image_size=32),
+        backbone=BackboneConfig(name="resnet18", width=1.0),
+        views=ViewsConfig(blur=False),
+        optim=OptimConfig(batch_size=512, epochs=200, optimizer="sgd"),
+        trainer=TrainerConfig(precision="bf16-mixed", accelerator="gpu"),
+    ), summary="one GPU, under an hour: full ResNet-18 on CIFAR-sized data, 200 epochs"),
+    Preset("paper", Patch(
+        data=DataConfig(image_size=224),
+        backbone=BackboneConfig(name="resnet18", width=1.0),
+        optim=OptimConfig(batch_size=256, epochs=200),
+    ), summary="the paper: ImageNet100-A at 224 px, ResNet-18, 200 epochs, batch 256 (method defaults otherwise)"),
+)}
 
 
-#: 2 CPU cores, about an hour per encoder: cpu-tiny's schedule and heads with a quarter-width ResNet-18
-#: (MoCo-v2: ~9 s per epoch on the demo world's 5,500 images, 78.8 % linear probe after 100 epochs:
-#: measured) and larger prototype sets, banks and CLIP towers
-PRESETS["cpu-small"] = _merge(PRESETS["cpu-tiny"], {
-    "backbone": {"name": "resnet18", "width": 0.25},
-    "optim": {"epochs": 100},
-    "method:swav": {"n_prototypes": 300},
-    "method:byol": {"proj_hidden": 1024, "pred_hidden": 1024},
-    "method:msf": {"bank_size": 4096, "proj_hidden": 1024, "pred_hidden": 1024},
-    "method:compress": {"queue_size": 2048},
-    "method:clip": {"embed_dim": 256, "text_width": 128, "text_layers": 4},
-})
+def chain(name: str) -> list[Preset]:
+    """The preset and its ancestors, root first."""
+    if name not in PRESETS:
+        raise ConfigError(f"preset {name!r} is unknown; use one of {', '.join(PRESETS)}")
+    out = [PRESETS[name]]
+    while out[0].parent:
+        out.insert(0, PRESETS[out[0].parent])
+    return out
+
+
+def preset_body(name: str, method: str) -> dict[str, Any]:
+    """The preset's partial config for ``method`` (generic sections, then the method's own deltas)."""
+    cls = METHODS.get(method)
+    body: dict[str, Any] = {}
+    for p in chain(name):
+        body = merge(body, p.patch.as_dict())
+    for p in chain(name):
+        delta = cls.presets.get(p.name)
+        if delta is not None:
+            body = merge(body, delta.as_dict())
+    return merge(body, {"method": {"name": method}})
 
 
 def apply_preset(name: str | None, config: dict[str, Any]) -> dict[str, Any]:
     """Return ``config`` with the preset's values filled in where the config is silent."""
     if not name:
         return config
-    if name not in PRESETS:
-        raise ConfigError(f"preset {name!r} is unknown; use one of {', '.join(PRESETS)}")
-    preset = PRESETS[name]
-    method = (config.get("method") or {}).get("name", "moco") if isinstance(config.get("method"), dict) else "moco"
-    base: dict[str, Any] = {k: v for k, v in preset.items() if ":" not in k}
-    base = _merge(base, {"method": {"name": method, **preset.get(f"method:{method}", {})}})
-    if f"optim:{method}" in preset:
-        base = _merge(base, {"optim": preset[f"optim:{method}"]})
-    return _merge(base, config)
+    m = config.get("method")
+    method = (m.get("name") or "moco") if isinstance(m, dict) else (m if isinstance(m, str) else "moco")
+    if method not in METHODS:
+        return config  # the config's own validation names the unknown method
+    return merge(preset_body(name, method), config if not isinstance(m, str) else {**config, "method": {"name": m}})
+
+
+def build_pretrain_config(config: str | None, preset: str | None, settings: dict[str, Any],
+                          overrides: list[str] | None = None, source: str = "pretrain options") -> Any:
+    """A pre-training config from a YAML/JSON file, ``settings`` (dotted keys -> values, e.g. the
+    ``pretrain`` command's flags), ``--set`` overrides and a preset under all of them."""
+    from corruptencoder.ssl.config import PretrainConfig
+    from corruptencoder.utils.config import apply_overrides, read_mapping, set_key, validate
+
+    data: dict[str, Any] = read_mapping(config) if config else {}
+    if isinstance(data.get("method"), str):
+        data["method"] = {"name": data["method"]}
+    for key, value in settings.items():
+        set_key(data, key, value)
+    data = apply_overrides(data, overrides or [])
+    if isinstance(data.get("method"), str):
+        data["method"] = {"name": data["method"]}
+    if (data.get("data") or {}).get("clean") == "demo":
+        from corruptencoder.demo import demo_world
+
+        data["data"]["clean"] = str(demo_world() / "pretrain")
+    data = apply_preset(preset, data)
+    return validate(PretrainConfig, data, str(config) if config else source)

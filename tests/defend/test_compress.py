@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import random_encoder
 from corruptencoder.cli import main
-from corruptencoder.defend.compress import compress_loss
+from corruptencoder.ssl.methods.compress import compress_loss
 from corruptencoder.ssl.backbones import backbone_spec, build_backbone
 from corruptencoder.ssl.config import PretrainConfig
 from corruptencoder.ssl.encoder import load_encoder, save_encoder

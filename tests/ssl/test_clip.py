@@ -41,7 +41,7 @@ def pairs_csv(tmp_path: Path) -> Path:
 
 
 def test_clip_step_lowers_loss(pairs_csv: Path) -> None:
-    from corruptencoder.ssl.clip import tokenize
+    from corruptencoder.ssl.clip_model import tokenize
 
     model = method_class("clip")(clip_config(str(pairs_csv)))
     g = torch.Generator().manual_seed(0)
@@ -63,7 +63,7 @@ def test_clip_step_lowers_loss(pairs_csv: Path) -> None:
 def test_pretrain_clip_on_pairs_and_mm_poisons(pairs_csv: Path, tmp_path: Path, assets: dict[str, Path]) -> None:
     from corruptencoder.poison.config import CraftConfig
     from corruptencoder.poison.craft import craft
-    from corruptencoder.ssl.clip import load_clip
+    from corruptencoder.ssl.clip_model import load_clip
     from corruptencoder.ssl.encoder import load_encoder
 
     craft(CraftConfig.model_validate({"targets": [{"name": "dog", "attack": "corruptencoder-mm", "num": 6,
@@ -107,7 +107,7 @@ def test_zero_shot_asr_arithmetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         def encode_image(self, x: torch.Tensor) -> torch.Tensor:
             return torch.tensor([0.0, 0.0, 1.0]).expand(x.shape[0], 3)
 
-    monkeypatch.setattr("corruptencoder.ssl.clip.load_clip", lambda p: (HandMade(), {"model": "custom"}))
+    monkeypatch.setattr("corruptencoder.ssl.clip_model.load_clip", lambda p: (HandMade(), {"model": "custom"}))
     monkeypatch.setattr(zs, "class_embeddings", lambda m, s, classes, t: torch.eye(len(classes)))
     res = zs.zero_shot("unused.pt", task, [EvalTarget("fish", "fish", np.zeros((2, 2, 3), np.uint8))])
     assert res["accuracy"] == pytest.approx(100 / 3, abs=0.01)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from corruptencoder.ssl.config import PretrainConfig
-from corruptencoder.ssl.msf import mean_shift_loss
+from corruptencoder.ssl.methods.msf import mean_shift_loss
 from corruptencoder.ssl.train import method_class
 
 SMALL = {

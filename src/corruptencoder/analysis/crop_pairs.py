@@ -22,7 +22,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from corruptencoder.poison.geometry import LAYOUTS, Box, place_trigger, poison_geometry
-from corruptencoder.ssl.crops import METHOD_SCALES, CropPolicy
+from corruptencoder.ssl.crops import CropPolicy, CropPolicyName
 
 
 @dataclass(frozen=True)
@@ -116,8 +116,14 @@ def synthetic_poisons(alpha: float, beta: float, n: int = 24, trigger_frac_of_si
     return out
 
 
-def policy_for(method: str, crop: str = "random", delta: float = 0.2) -> CropPolicy:
-    return CropPolicy(crop, METHOD_SCALES.get(method, (0.08, 1.0)), delta=delta)  # type: ignore[arg-type]
+def policy_for(method: str, crop: CropPolicyName = "random", delta: float = 0.2,
+               scale: tuple[float, float] | None = None) -> CropPolicy:
+    """The crop policy of ``method``'s global views (its declared crop scale, unless ``scale`` is given)."""
+    if scale is None:
+        from corruptencoder.ssl.config import METHODS
+
+        scale = METHODS.get(method).crop_scale
+    return CropPolicy(crop, scale, delta=delta)
 
 
 def sweep(alphas: Sequence[float], betas: Sequence[float], policy: CropPolicy, pairs_per_poison: int = 150,
@@ -133,3 +139,48 @@ def sweep(alphas: Sequence[float], betas: Sequence[float], policy: CropPolicy, p
             s = estimate(ps, policy, pairs_per_poison, seed, criteria)
             rows.append({"alpha": a, "beta": b, **s.as_dict(), "theory_2a1a": round(2 * a * (1 - a), 4)})
     return rows
+
+
+def crop_report(poisons: str | None, method: str = "moco", policies: Sequence[str] = ("random", "localized", "none"),
+                delta: float = 0.2, pairs: int = 200, alphas: Sequence[float] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
+                betas: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9), grid: bool = True,
+                seed: int = 0) -> tuple[list[str], dict[str, object]]:
+    """The ``analyze crops`` report: the printed lines and the numbers (for ``--json``)."""
+    from corruptencoder.errors import UserError
+    from corruptencoder.poison.manifest import read_manifest
+
+    if pairs < 1:
+        raise UserError("--pairs must be at least 1")
+    lines: list[str] = []
+    result: dict[str, object] = {"method": method, "delta": delta}
+    if poisons:
+        boxes = poisons_from_manifest(read_manifest(poisons))
+        if not boxes:
+            raise UserError(f"{poisons}: no poison with both an object box and a trigger box "
+                            "(SSL-Backdoor and support poisons have no object box)")
+        lines.append(f"{poisons}: {len(boxes)} poisons, {pairs} view pairs each, {method} crops")
+        lines.append(f"{'policy':<12}{'split':>8}{'both':>8}{'P(obj view)':>13}{'P(trig view)':>14}{'P(one obj)':>12}")
+        folder: dict[str, object] = {}
+        for pol in policies:
+            s = estimate(boxes, policy_for(method, pol, delta), pairs, seed)  # type: ignore[arg-type]
+            folder[pol] = s.as_dict()
+            lines.append(f"{pol:<12}{s.split:>8.3f}{s.both:>8.3f}{s.object_view:>13.3f}{s.trigger_view:>14.3f}"
+                         f"{s.one_object:>12.3f}")
+        result["folder"] = folder
+    if grid:
+        grids: dict[str, object] = {}
+        for pol in policies:
+            rows = sweep(alphas, betas, policy_for(method, pol, delta), max(20, pairs // 2), seed)  # type: ignore[arg-type]
+            grids[pol] = rows
+            lines += ["", f"P(split) / P(both) over alpha (rows) and beta (columns), {pol} crops; "
+                      "last column: 2*alpha*(1-alpha) vs measured P(exactly one object view)",
+                      "alpha " + "".join(f"{'beta=' + format(b, 'g'):>14}" for b in betas) + f"{'2a(1-a) | meas':>18}"]
+            for a in alphas:
+                cells = [r for r in rows if r["alpha"] == a]
+                txt = "".join(f"{r['split']:>7.3f}/{r['both']:<6.3f}" if r["split"] == r["split"] else f"{'n/a':>14}"
+                              for r in cells)
+                meas = next((r.get("one_object") for r in cells if r.get("one_object") == r.get("one_object")),
+                            float("nan"))
+                lines.append(f"{a:<6g}{txt}{2 * a * (1 - a):>10.3f} | {meas:.3f}")
+        result["grid"] = grids
+    return lines, result

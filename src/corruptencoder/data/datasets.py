@@ -191,7 +191,7 @@ class PairDataset(ViewDataset):
         self.context_length = context_length
 
     def __getitem__(self, index: int) -> tuple[list[torch.Tensor], torch.Tensor]:  # type: ignore[override]
-        from corruptencoder.ssl.clip import tokenize
+        from corruptencoder.ssl.clip_model import tokenize
 
         if self._rng is None or self._pid != os.getpid():
             self._rng, self._pid = _worker_rng(), os.getpid()

@@ -2,127 +2,141 @@
 
 The defender holds a clean subset of the pre-training data (5 % or 20 % in the paper) and trains a
 fresh student to reproduce the frozen teacher's similarity structure (Koohpayegani, Tejankar,
-Pirsiavash, NeurIPS 2020, as Saha et al. 2022 used it): for each image, the teacher's and the
-student's similarities to a memory bank of past samples are turned into distributions (softmax,
-temperature 0.04) and the student minimises KL(teacher || student). CompRess-2q keeps one queue
-per network (the student's filled by a momentum copy, 0.999); CompRess-1q compares the student
-against the teacher's queue. Following the official code, the student's pooled features are matched
-directly (no head unless sizes differ under 1q) and the views are random crops + flips only.
-Written by hand: lightly has no CompRess loss. It runs on the
-common pre-training base (``corruptencoder.ssl.base``), so checkpoints, resume, DDP and
-``encoder.pt`` work as for every method.
+Pirsiavash, NeurIPS 2020, as Saha et al. 2022 used it). The training loop is the ``compress`` method
+(``ssl/methods/compress.py``); this module decides what it trains on and with which settings.
 """
 
 from __future__ import annotations
 
+import argparse
+import copy
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import torch
-from torch import nn
+from pydantic import Field
 
-from corruptencoder.ssl.base import SSLMethod
-from corruptencoder.ssl.config import DistillConfig
-
-
-def compress_loss(student: torch.Tensor, teacher: torch.Tensor, bank_s: torch.Tensor, bank_t: torch.Tensor,
-                  temperature: float) -> torch.Tensor:
-    """KL(softmax(t @ bank_t / T) || softmax(s @ bank_s / T)), batch mean; inputs L2-normalised."""
-    p_t = torch.softmax(teacher @ bank_t.T / temperature, dim=1)
-    log_p_s = torch.log_softmax(student @ bank_s.T / temperature, dim=1)
-    return nn.functional.kl_div(log_p_s, p_t, reduction="batchmean")
+from corruptencoder.defend.base import DEFENCES, DefenceContext, DefenceOptions, EncoderDefence, EncoderResult
+from corruptencoder.errors import UserError
 
 
-class CompRess(SSLMethod):
+class CompRessOptions(DefenceOptions):
+    fraction: float = Field(0.2, gt=0.0, le=1.0, description="share of the clean pre-training images the "
+                            "defender distils on (the paper: 0.05 and 0.2)")
+    variant: Literal["2q", "1q"] = Field("2q", description="CompRess-2q (each network its queue) or -1q")
+    queue_size: int | None = Field(None, ge=1, description="memory bank size (default: half the clean subset, "
+                                   "256 to 16,384)")
+
+
+@DEFENCES.register
+class CompRessDefence(EncoderDefence):
     name = "compress"
+    summary = "CompRess: distil a (possibly backdoored) encoder into a fresh student on clean data"
+    options = CompRessOptions
 
-    def build(self) -> None:
+    @property
+    def o(self) -> CompRessOptions:
+        assert isinstance(self.opts, CompRessOptions)
+        return self.opts
+
+    def label(self) -> str:
+        return f"CompRess, {100 * self.o.fraction:g} % clean data"
+
+    def knob(self) -> float:
+        return self.o.fraction
+
+    def queue_size(self, clean_count: int) -> int:
+        return self.o.queue_size or min(16384, max(256, int(clean_count * self.o.fraction) // 2))
+
+    def apply(self, ctx: DefenceContext) -> EncoderResult:
+        """The student trains with the suspect encoder's own settings (backbone, schedule, views' size) on
+        a seeded ``fraction`` of the clean images; never on a poison."""
+        from corruptencoder.ssl.config import PretrainConfig
+        from corruptencoder.ssl.train import pretrain
+        from corruptencoder.utils.config import validate
+
+        if ctx.encoder is None:
+            raise UserError("CompRess needs the suspect encoder to distil")
+        body = copy.deepcopy(ctx.pretrain)
+        body["method"] = {"name": "compress", "teacher": str(ctx.encoder), "queue_size": self.queue_size(ctx.clean_count),
+                          "variant": self.o.variant}
+        body.setdefault("data", {}).update(fraction=self.o.fraction, poisons=[])
+        body.get("backbone", {}).pop("init", None)  # a fresh student
+        cfg = validate(PretrainConfig, body, "CompRess student")
+        t0 = time.perf_counter()
+        res = pretrain(cfg, ctx.out, resume=ctx.resume, overwrite=not ctx.resume, progress=ctx.progress)
+        return EncoderResult(res.encoder, {"defence": self.name, "fraction": self.o.fraction,
+                                           "clean_images": res.num_images, "seconds": round(time.perf_counter() - t0, 1)})
+
+    # -- command line: corruptencoder defend compress ------------------------------------------------
+    @classmethod
+    def add_arguments(cls, p: argparse.ArgumentParser) -> None:
+        p.add_argument("--teacher", "--encoder", dest="teacher", type=Path, required=True,
+                       help="the suspect encoder.pt")
+        p.add_argument("--data", required=True, help="clean data: ImageFolder root, folder or file list ('demo')")
+        p.add_argument("--exclude", nargs="+", default=[], help="poison folders whose files must never be used")
+        p.add_argument("--teacher-backbone", help="backbone of a plain state-dict teacher (an encoder.pt knows its own)")
+        p.add_argument("--config", type=Path, help="pre-training config for the student (backbone, schedule, ...)")
+        p.add_argument("--preset", help="scale preset: cpu-tiny | cpu-small | gpu-small | paper")
+        p.add_argument("--backbone", help="student backbone (default: the teacher's)")
+        p.add_argument("--width", type=float, help="student width multiplier (default: the teacher's)")
+        p.add_argument("--epochs", type=int)
+        p.add_argument("--image-size", type=int)
+        p.add_argument("--seed", type=int)
+        p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+
+    @classmethod
+    def cli_defaults(cls) -> dict[str, Any]:
+        return {"fraction": 1.0}  # on the command line --data is the defender's clean set: all of it
+
+    @classmethod
+    def run_cli(cls, args: argparse.Namespace, options: DefenceOptions) -> str:
+        assert isinstance(options, CompRessOptions)
+        res, cfg = distil(args.teacher, args.data, options, exclude=args.exclude,
+                          teacher_backbone=args.teacher_backbone, config=args.config, preset=args.preset,
+                          overrides=args.overrides, backbone=args.backbone, width=args.width, epochs=args.epochs,
+                          image_size=args.image_size, seed=args.seed, out=args.out, resume=args.resume,
+                          overwrite=args.overwrite, progress=not args.quiet)
+        return (f"distilled {args.teacher} into a {cfg.backbone.name} student on {res.num_images} clean images "
+                f"({cfg.data.fraction or 1.0:.0%} of the data) in {res.seconds:.0f} s -> {res.encoder}")
+
+
+def distil(teacher: Path, data: str, opts: CompRessOptions, *, out: Path, exclude: list[str] | None = None,
+           teacher_backbone: str | None = None, config: Path | None = None, preset: str | None = None,
+           overrides: list[str] | None = None, backbone: str | None = None, width: float | None = None,
+           epochs: int | None = None, image_size: int | None = None, seed: int | None = None, resume: bool = False,
+           overwrite: bool = False, progress: bool = True) -> tuple[Any, Any]:
+    """CompRess on a user's clean data: the student defaults to the teacher's backbone and image size."""
+    from corruptencoder.presets import apply_preset
+    from corruptencoder.ssl.config import PretrainConfig
+    from corruptencoder.ssl.encoder import read_checkpoint
+    from corruptencoder.ssl.train import pretrain
+    from corruptencoder.utils.config import apply_overrides, read_mapping, validate
+
+    stored = read_checkpoint(teacher)  # refuses pickles that need code, before any work
+    spec = stored.get("backbone", {}) if isinstance(stored, dict) else {}
+    meta = stored.get("meta", {}) if isinstance(stored, dict) else {}
+    if teacher_backbone:
         from corruptencoder.ssl.backbones import backbone_spec
         from corruptencoder.ssl.encoder import load_encoder
 
-        m: DistillConfig = self.cfg.method  # type: ignore[assignment]
-        spec = backbone_spec(m.teacher_backbone, m.teacher_width, None, self.cfg.data.image_size) if m.teacher_backbone else None
-        teacher, self.teacher_spec, _ = load_encoder(m.teacher, spec)
-        for p in teacher.parameters():
-            p.requires_grad = False
-        self.teacher = teacher.eval()
-        with torch.no_grad():
-            t_dim = int(getattr(teacher, "out_dim", 0)) or int(teacher(torch.zeros(2, 3, 32, 32)).shape[1])
-        # As in the official code the student's pooled features are matched directly; a head is optional
-        # (and needed by CompRess-1q when the student's feature size differs from the teacher's).
-        s_dim = m.proj_dim or (t_dim if m.variant == "1q" and self.feat_dim != t_dim else None)
-        if m.variant == "1q" and s_dim is None and self.feat_dim != t_dim:
-            s_dim = t_dim
-        if s_dim:
-            hidden = m.proj_hidden or self.feat_dim
-            self.head: nn.Module = nn.Sequential(nn.Linear(self.feat_dim, hidden), nn.ReLU(inplace=True),
-                                                 nn.Linear(hidden, s_dim))
-        else:
-            self.head, s_dim = nn.Identity(), self.feat_dim
-        # the student's queue holds a momentum copy's features (CompReSSMomentum, 0.999)
-        self.backbone_k = self.momentum_copy(self.backbone)
-        self.head_k = self.momentum_copy(self.head)
-        g = torch.Generator().manual_seed(self.cfg.trainer.seed)
-        self.register_buffer("bank_t", nn.functional.normalize(torch.rand(m.queue_size, t_dim, generator=g) - 0.5, dim=1))
-        self.register_buffer("bank_s", nn.functional.normalize(torch.rand(m.queue_size, s_dim, generator=g) - 0.5, dim=1))
-        self.register_buffer("bank_ptr", torch.zeros((), dtype=torch.long))
+        load_encoder(teacher, backbone_spec(teacher_backbone, width or 1.0))  # fits, or says why
+    body: dict[str, Any] = read_mapping(config) if config else {}
+    if data == "demo":
+        from corruptencoder.demo import demo_world
 
-    def train(self, mode: bool = True) -> "CompRess":
-        super().train(mode)
-        self.teacher.eval()  # the teacher is frozen: its BN statistics never move
-        return self
-
-    @torch.no_grad()
-    def _enqueue(self, t: torch.Tensor, s: torch.Tensor) -> None:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            from lightly.models.utils import concat_all_gather
-
-            t, s = concat_all_gather(t), concat_all_gather(s)
-        size = self.bank_t.shape[0]
-        t, s = t[-size:], s[-size:]
-        idx = (torch.arange(t.shape[0], device=t.device) + int(self.bank_ptr)) % size
-        self.bank_t[idx] = t
-        self.bank_s[idx] = s
-        self.bank_ptr.fill_((int(self.bank_ptr) + t.shape[0]) % size)
-
-    def compute_loss(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        m: DistillConfig = self.cfg.method  # type: ignore[assignment]
-        x = views[0]
-        with torch.no_grad():
-            t = nn.functional.normalize(self.teacher(x).float(), dim=1)
-            self.ema(self.backbone, self.backbone_k, m.momentum)
-            self.ema(self.head, self.head_k, m.momentum)
-            s_key = nn.functional.normalize(self.head_k(self.backbone_k(x)).float(), dim=1)
-        s = nn.functional.normalize(self.head(self.backbone(x)).float(), dim=1)
-        bank_s = self.bank_t if m.variant == "1q" else self.bank_s
-        loss = compress_loss(s, t, bank_s.clone(), self.bank_t.clone(), m.temperature)
-        self._enqueue(t, s_key)
-        return loss, {}
-
-    def export(self, path: str, extra: dict[str, Any] | None = None) -> None:
-        m: DistillConfig = self.cfg.method  # type: ignore[assignment]
-        super().export(path, {"teacher": str(m.teacher), "variant": m.variant, **(extra or {})})
-
-
-def distill_config(teacher: str | Path, clean: str, fraction: float | None, *, base: dict[str, Any] | None = None,
-                   files: str | None = None, exclude: list[str] | None = None) -> dict[str, Any]:
-    """A pre-training config dict for CompRess on a clean subset (``fraction`` of ``clean``)."""
-    from corruptencoder.presets import _merge
-
-    body: dict[str, Any] = {"method": {"name": "compress", "teacher": str(teacher)},
-                            "data": {"clean": files or clean, "fraction": fraction, "exclude": exclude or []}}
-    return _merge(base or {}, body)
-
-
-def distill_for_experiment(runner: Any, arm: Any, seed: int, teacher: Path, out: Path, resume: bool) -> None:
-    """The runner's CompRess arm: the arm's pre-training settings, method compress, clean subset."""
-    from corruptencoder.ssl.config import PretrainConfig
-    from corruptencoder.ssl.train import pretrain
-
-    cfg = runner.pretrain_config(arm.model_copy(update={"defence": "none", "attack": "none"}), seed, None)
-    body = cfg.model_dump(mode="json")
-    queue = min(16384, max(256, int(runner.n_clean() * arm.compress_fraction) // 2))
-    body["method"] = {"name": "compress", "teacher": str(teacher), "queue_size": queue}
-    body["data"]["fraction"] = arm.compress_fraction
-    body["data"]["poisons"] = []
-    pretrain(PretrainConfig.model_validate(body), out, resume=resume, overwrite=not resume, progress=runner.progress)
+        data = str(demo_world() / "pretrain")
+    over = ["method.name=compress", f"method.teacher={teacher}", f"data.clean={data}",
+            f"data.fraction={opts.fraction}", f"method.variant={opts.variant}"]
+    if opts.queue_size:
+        over.append(f"method.queue_size={opts.queue_size}")
+    for key, value in (("backbone.name", backbone or spec.get("name")), ("backbone.width", width or spec.get("width")),
+                       ("data.image_size", image_size or meta.get("image_size")), ("optim.epochs", epochs),
+                       ("trainer.seed", seed), ("method.teacher_backbone", teacher_backbone)):
+        if value is not None:
+            over.append(f"{key}={value}")
+    body = apply_overrides(body, over + list(overrides or []))
+    body.setdefault("data", {})["exclude"] = [str(p) for p in exclude or []]
+    body = apply_preset(preset, body)
+    cfg = validate(PretrainConfig, body, str(config) if config else "defend compress options")
+    return pretrain(cfg, out, resume=resume, overwrite=overwrite, progress=progress), cfg

@@ -302,3 +302,68 @@ def format_table(result: dict[str, Any]) -> str:
         pd = "" if r["pull_delta"] is None else f"{r['pull_delta']:+.3f}"
         lines.append(f"{r['target']:<18}{str(r['class']):<18}{r['asr']:>8.2f}{na:>11}{ra:>9}{pd:>8}")
     return "\n".join(lines)
+
+
+def evaluate_encoder(encoder: str | os.PathLike, task: str, *, clean_encoder: str | os.PathLike | None = None,
+                     poisons: Sequence[str | os.PathLike] = (), targets: Sequence[tuple[str, str]] = (),
+                     backbone: str | None = None, width: float = 1.0, image_size: int | None = None,
+                     settings: EvalSettings = EvalSettings(), zero_shot: str | os.PathLike | None = None,
+                     clean_zero_shot: str | os.PathLike | None = None, prompts: str = "imagenet80",
+                     out: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Score an encoder file on a task (a task YAML or 'demo') for the targets recorded in poison folders
+    and/or given as (``NAME[=CLASS]``, trigger image) pairs; with ``out``, write ``metrics.json``."""
+    from corruptencoder.poison.triggers import load_trigger_file
+    from corruptencoder.utils.outputs import write_json_atomic
+
+    t = load_task_spec(task, image_size)
+    found: list[EvalTarget] = []
+    for folder in poisons:
+        found += targets_from_poisons(folder, t.config.name if t.config.name != "task" else None)
+    for name, trig in targets:
+        nm, _, cls = name.partition("=")
+        found.append(EvalTarget(nm, cls or nm, load_trigger_file(trig), str(trig)))
+    if not found:
+        raise UserError("no target to attack-score: give --poisons DIR or --target NAME --trigger FILE")
+    for target in found:  # an unknown class fails now, before any feature is extracted
+        t.class_index(target.class_name)
+    if backbone:
+        from corruptencoder.ssl.backbones import backbone_spec
+
+        settings.backbone = backbone_spec(backbone, width, None, t.config.image_size)
+    result = evaluate(encoder, t, found, clean_encoder=clean_encoder, settings=settings)
+    if zero_shot:
+        from corruptencoder.evaluate.zeroshot import zero_shot as score_zero_shot
+
+        kw: dict[str, Any] = {"prompts": prompts, "seed": settings.seed, "location": settings.location,
+                              "trigger_size": settings.trigger_size, "device": settings.resolved_device()}
+        result["zero_shot"] = {"encoder": score_zero_shot(zero_shot, t, found, **kw)}
+        if clean_zero_shot:
+            result["zero_shot"]["clean_encoder"] = score_zero_shot(clean_zero_shot, t, found, **kw)
+    if out:
+        write_json_atomic(Path(out) / "metrics.json", result)
+    return result
+
+
+def load_task_spec(spec: str, image_size: int | None = None) -> Task:
+    """A task from a task YAML, or 'demo' for the demo world's labelled split."""
+    from corruptencoder.evaluate.tasks import TaskConfig, load_task
+    from corruptencoder.utils.config import load_config
+
+    if spec == "demo":
+        from corruptencoder.demo import demo_task_config
+
+        cfg = demo_task_config()
+    else:
+        cfg = load_config(TaskConfig, spec)
+    if image_size:
+        cfg = cfg.model_copy(update={"image_size": image_size})
+    return load_task(cfg)
+
+
+def format_zero_shot(result: dict[str, Any]) -> str | None:
+    z = result.get("zero_shot")
+    if not z:
+        return None
+    return (f"zero-shot accuracy {z['encoder']['accuracy']:.2f}"
+            + (f" (clean {z['clean_encoder']['accuracy']:.2f})" if "clean_encoder" in z else "") + "; ASR "
+            + ", ".join(f"{t['name']} {t['asr']:.2f}" for t in z["encoder"]["targets"]))

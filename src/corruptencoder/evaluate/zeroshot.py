@@ -22,7 +22,7 @@ from corruptencoder.evaluate.triggered import TriggerPaste, resize_trigger
 @torch.no_grad()
 def class_embeddings(model: torch.nn.Module, spec: dict[str, Any], classes: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
     from corruptencoder.poison.prompts import class_text
-    from corruptencoder.ssl.clip import context_length, tokenize
+    from corruptencoder.ssl.clip_model import context_length, tokenize
 
     out = []
     for c in classes:
@@ -45,7 +45,7 @@ def zero_shot(clip_path: str | os.PathLike, task: Task, targets: Sequence[Any], 
               seed: int = 0, location: tuple[float, float] = (0.25, 0.75), trigger_size: tuple[int, int] | None = None,
               batch_size: int = 256, device: str = "cpu") -> dict[str, Any]:
     from corruptencoder.poison.prompts import load_templates
-    from corruptencoder.ssl.clip import load_clip
+    from corruptencoder.ssl.clip_model import load_clip
 
     model, spec = load_clip(clip_path)
     weights = class_embeddings(model, spec, task.classes, load_templates(prompts))

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
+from corruptencoder.demo import DEMO_COUNTS, DEMO_OBJECT_SCALE, DEMO_TARGET
 from corruptencoder.errors import ConfigError
 from corruptencoder.evaluate.tasks import TaskKind
+from corruptencoder.poison.attacks.corruptencoder import LayoutChoice, ReferenceMode
+from corruptencoder.poison.config import ATTACKS, TargetBase, fraction
 from corruptencoder.utils.config import StrictModel, read_mapping, validate
-
-Attack = Literal["none", "corruptencoder", "corruptencoder-plus", "ssl-backdoor", "corruptencoder-mm", "carlini-terzis"]
-Defence = Literal["none", "localized", "no-crop", "compress"]
-Method = Literal["moco", "simclr", "swav", "msf", "byol", "clip"]
 
 
 class WorldSpec(StrictModel):
@@ -28,13 +27,13 @@ class WorldSpec(StrictModel):
 
     image_size: int = 64
     seed: int = 0
-    object_scale: tuple[float, float] = (0.5, 0.9)
-    n_pretrain: int = 5000
-    n_train_per_class: int = 100
-    n_test_per_class: int = 100
-    n_references: int = 3
-    n_support: int = 5
-    n_backgrounds: int = 650
+    object_scale: tuple[float, float] = DEMO_OBJECT_SCALE
+    n_pretrain: int = DEMO_COUNTS["n_pretrain"]
+    n_train_per_class: int = DEMO_COUNTS["n_train_per_class"]
+    n_test_per_class: int = DEMO_COUNTS["n_test_per_class"]
+    n_references: int = DEMO_COUNTS["n_references"]
+    n_support: int = DEMO_COUNTS["n_support"]
+    n_backgrounds: int = DEMO_COUNTS["n_backgrounds"]
     caption_name_prob: float = Field(0.8, description="demo captions: probability a caption names its class")
     rare_classes: dict[str, float] = Field(default_factory=dict,
                                            description="demo captions: classes named with a lower probability")
@@ -62,51 +61,54 @@ class TaskSpec(StrictModel):
     resize: int | None = None
 
 
-class TargetSpec(StrictModel):
-    """An attacked class: its task, references and trigger (shared by all arms that attack it)."""
+class TargetSpec(TargetBase):
+    """An attacked class: its task, references and trigger (shared by all arms that attack it); the
+    crafting target of each arm is built from it (:mod:`corruptencoder.experiment.stages`)."""
 
-    name: str
-    task: str = Field(description="name of the downstream task this class belongs to")
-    label: str | None = Field(None, description="class name in the task (default: name)")
+    task: str = Field(description="name of the downstream task this class belongs to")  # type: ignore[assignment]
     references: list[str] = Field(default_factory=lambda: ["demo"], description="reference objects ('demo')")
     support: list[str] = Field(default_factory=lambda: ["demo"], description="support reference images ('demo')")
     saha_references: list[str] = Field(
         default_factory=lambda: ["demo-test"],
         description="SSL-Backdoor reference images ('demo-test' = the target class's test images, as the paper)")
-    trigger: str = "random"
-    trigger_seed: int | None = None
+
+
+def _known(registry_names: list[str], value: str, what: str) -> str:
+    if value != "none" and value not in registry_names:
+        raise ValueError(f"unknown {what} {value!r}; use one of none, {', '.join(registry_names)}")
+    return value
 
 
 class ArmSpec(StrictModel):
-    """One pre-training setting: every field can be swept."""
+    """One pre-training setting: every field can be swept (dict fields by ``field.key``)."""
 
     name: str = ""
-    attack: Attack = "corruptencoder"
-    method: Method = "moco"
-    defence: Defence = "none"
-    delta: float = 0.2
-    compress_fraction: float = 0.2
+    attack: str = Field("corruptencoder", description="none or a registered attack")
+    method: str = Field("moco", description="a registered contrastive method")
+    defence: str = Field("none", description="none or a registered defence")
+    defence_args: dict[str, Any] = Field(default_factory=dict, description="the defence's options, e.g. {delta: 0.2}")
+    attack_args: dict[str, Any] = Field(default_factory=dict, description="further options of the attack")
     targets: list[str] | None = Field(None, description="attacked target names (default: all)")
     num_poisons: int | None = Field(None, ge=0, description="poisons per target (default: poison_ratio)")
     poison_ratio: float | None = Field(None, gt=0.0, lt=1.0, description="poisons / clean images, per target")
     alpha: float = 0.5
     beta: float = 0.5
     trigger_size: int = Field(8, ge=1, description="trigger side in poison pixels")
-    eval_trigger_size: int | None = Field(None, description="trigger side in test images (default: as trained)")
-    trigger_type: str | None = Field(None, description="override the targets' trigger: random | white | purple | path")
+    eval_trigger_size: int | None = Field(None, ge=1, description="trigger side in test images (default: as trained)")
+    trigger_type: str | None = Field(None, description="override the targets' trigger: random | smooth | white | path")
     n_references: int | None = Field(None, ge=1, description="use the first k references")
-    support_ratio: float = 0.2
+    support_ratio: float = Field(0.2, ge=0.0, le=1.0)
     n_support: int | None = Field(None, ge=1)
-    layout: str = "random"
-    reference_mode: Literal["object", "image"] = "object"
-    max_size: int | None = None
+    layout: LayoutChoice = "random"
+    reference_mode: ReferenceMode = "object"
+    max_size: int | None = Field(None, ge=8)
     max_images: int | None = Field(None, ge=1, description="seeded subset of the clean pre-training images")
     backbone: str | None = None
-    width: float | None = None
-    epochs: int | None = None
-    image_size: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
+    width: float | None = Field(None, gt=0.0)
+    epochs: int | None = Field(None, ge=1)
+    image_size: int | None = Field(None, ge=8)
+    batch_size: int | None = Field(None, ge=2)
+    lr: float | None = Field(None, gt=0.0)
     init: str | None = Field(None, description="continued pre-training: every encoder of the arm (the attacked one "
                              "and its clean twin) starts from this encoder.pt, or 'arm:NAME' = arm NAME's clean "
                              "final encoder")
@@ -114,13 +116,34 @@ class ArmSpec(StrictModel):
 
     @field_validator("alpha", "beta")
     @classmethod
-    def _unit(cls, v: float) -> float:
-        if not 0.0 < v < 1.0:
-            raise ValueError(f"{v} is outside (0, 1)")
+    def _unit(cls, v: float, info: Any) -> float:
+        return fraction(info.field_name, v)
+
+    @field_validator("attack")
+    @classmethod
+    def _attack(cls, v: str) -> str:
+        return _known(ATTACKS.names(), v, "attack")
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        from corruptencoder.ssl.config import METHODS
+
+        names = METHODS.where(lambda m: m.pretraining)
+        if v not in names:
+            raise ValueError(f"unknown method {v!r}; use one of {', '.join(names)}")
         return v
 
+    @field_validator("defence")
+    @classmethod
+    def _defence(cls, v: str) -> str:
+        from corruptencoder.defend.base import DEFENCES
 
-SWEEPABLE = tuple(k for k in ArmSpec.model_fields if k not in ("name", "pretrain"))
+        return _known(DEFENCES.names(), v, "defence")
+
+
+SWEEPABLE = tuple(k for k in ArmSpec.model_fields if k != "name")
+_DICT_FIELDS = ("pretrain", "defence_args", "attack_args")
 
 
 class SweepSpec(StrictModel):
@@ -132,8 +155,10 @@ class SweepSpec(StrictModel):
     @field_validator("param")
     @classmethod
     def _param(cls, v: str) -> str:
-        if v not in SWEEPABLE:
-            raise ValueError(f"cannot sweep {v!r}: not an arm parameter (sweepable: {', '.join(SWEEPABLE)})")
+        head, _, rest = v.partition(".")
+        if head not in SWEEPABLE or (rest and head not in _DICT_FIELDS) or (head in _DICT_FIELDS and not rest):
+            raise ValueError(f"cannot sweep {v!r}: not an arm parameter (sweepable: {', '.join(SWEEPABLE)}; "
+                             f"keys of {', '.join(_DICT_FIELDS)} as e.g. defence_args.delta)")
         return v
 
 
@@ -149,18 +174,28 @@ class EvalSpec(StrictModel):
 class ExperimentConfig(StrictModel):
     name: str
     description: str = ""
-    preset: Literal["cpu-tiny", "cpu-small", "gpu-small", "paper"] | None = "cpu-tiny"
+    preset: str | None = Field("cpu-tiny", description="scale preset (see corruptencoder.presets)")
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     world: WorldSpec = Field(default_factory=WorldSpec)
     data: DataSpec = Field(default_factory=DataSpec)
     backgrounds: list[str] = Field(default_factory=lambda: ["demo"])
     tasks: list[TaskSpec] = Field(default_factory=lambda: [TaskSpec(name="demo")], min_length=1)
-    targets: list[TargetSpec] = Field(default_factory=lambda: [TargetSpec(name="fish", task="demo")], min_length=1)
+    targets: list[TargetSpec] = Field(default_factory=lambda: [TargetSpec(name=DEMO_TARGET, task="demo")],
+                                      min_length=1)
     defaults: ArmSpec = Field(default_factory=ArmSpec)
     arms: list[dict[str, Any]] = Field(default_factory=list)
     sweeps: list[SweepSpec] = Field(default_factory=list)
     evaluation: EvalSpec = Field(default_factory=EvalSpec)
     pretrain: dict[str, Any] = Field(default_factory=dict, description="pre-training overrides for every arm")
+
+    @field_validator("preset")
+    @classmethod
+    def _preset(cls, v: str | None) -> str | None:
+        from corruptencoder.presets import PRESETS
+
+        if v is not None and v not in PRESETS:
+            raise ValueError(f"unknown preset {v!r}; use one of {', '.join(PRESETS)}")
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> "ExperimentConfig":
@@ -177,13 +212,13 @@ class ExperimentConfig(StrictModel):
         out: list[ArmSpec] = []
         base = self.defaults.model_dump()
         for i, raw in enumerate(self.arms):
-            arm = _arm({**base, **raw}, f"arms.{i}")
+            arm = _arm(_merge_arm(base, raw), f"arms.{i}")
             if not arm.name:
                 arm.name = arm.attack if arm.defence == "none" else f"{arm.attack}+{arm.defence}"
             out.append(arm)
         for i, sw in enumerate(self.sweeps):
             for v in sw.values:
-                arm = _arm({**base, **sw.base, sw.param: v}, f"sweeps.{i}")
+                arm = _arm(_with(_merge_arm(base, sw.base), sw.param, v), f"sweeps.{i}")
                 arm.name = f"{sw.name or sw.param}={v}"
                 out.append(arm)
         names = [a.name for a in out]
@@ -209,6 +244,28 @@ class ExperimentConfig(StrictModel):
                 if arm_name == f"{sw.name or sw.param}={v}":
                     return sw.name or sw.param, v
         return None
+
+
+def _merge_arm(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """An arm over the defaults: dict fields (pretrain, defence_args, attack_args) merge key by key."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = {**out[k], **v} if k in _DICT_FIELDS and isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _with(data: dict[str, Any], param: str, value: Any) -> dict[str, Any]:
+    head, _, rest = param.partition(".")
+    if not rest:
+        return {**data, head: value}
+    inner = dict(data.get(head) or {})
+    node = inner
+    keys = rest.split(".")
+    for k in keys[:-1]:
+        node[k] = dict(node.get(k) or {})
+        node = node[k]
+    node[keys[-1]] = value
+    return {**data, head: inner}
 
 
 def _arm(data: dict[str, Any], where: str) -> ArmSpec:
@@ -243,5 +300,7 @@ def load_experiment(path: str | os.PathLike, overrides: list[str] | None = None)
     data = apply_overrides(read_mapping(path), overrides or [])
     data = _expand_env(data)
     cfg = validate(ExperimentConfig, data, str(path))
-    cfg.expanded_arms()  # arm and sweep errors surface now, before any work
+    from corruptencoder.experiment.stages import check_stages
+
+    check_stages(cfg, str(path))  # every arm's stage configs, built and validated now, before any work
     return cfg

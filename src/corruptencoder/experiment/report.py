@@ -44,30 +44,18 @@ _ATTACK_COLUMNS = (("none", "No attack"), ("ssl-backdoor", "SSL-Backdoor"), ("co
                    ("corruptencoder-plus", "CorruptEncoder+"))
 
 
-def _defence_label(arm: dict[str, Any] | None, defence: str) -> str:
-    if arm is None or defence == "none":
-        return "no defence" if defence == "none" else defence
-    if defence == "compress":
-        return f"CompRess, {100 * arm['compress_fraction']:g} % clean data"
-    if defence == "localized":
-        return f"localized cropping (delta {arm['delta']:g})"
-    return {"no-crop": "no random cropping"}.get(defence, defence)
-
-
-def defence_table(aggs: Sequence[dict[str, Any]], arms: Sequence[dict[str, Any]]) -> list[str]:
+def defence_table(aggs: Sequence[dict[str, Any]]) -> list[str]:
     """Table 4's shape: one row per defence, (BA or CA, ASR) per attack, and the training time per encoder
     (for CompRess, the distillation alone)."""
     rows = [a for a in aggs if a["epoch"] == "final" and a["sweep"] is None]
     if len({a["defence"] for a in rows}) < 2:
         return []
-    spec = {a["name"]: a for a in arms}
     attacks = [(k, n) for k, n in _ATTACK_COLUMNS if any(a["attack"] == k for a in rows)]
     # one group per (method, target, defence setting), ordered: no defence first, then by the defence's knob
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for a in rows:
-        arm = spec.get(a["arm"]) or {}
-        knob = {"compress": arm.get("compress_fraction"), "localized": arm.get("delta")}.get(a["defence"]) or 0
-        label = _defence_label(spec.get(a["arm"]), a["defence"])
+        label = a.get("defence_label") or ("no defence" if a["defence"] == "none" else a["defence"])
+        knob = a.get("defence_knob") or 0
         groups.setdefault((a["method"], a["target"], a["defence"] != "none", a["defence"], knob, label), []).append(a)
     body = []
     for (method, target, _, _, _, label), group in sorted(groups.items(), key=lambda kv: kv[0]):
@@ -137,7 +125,7 @@ def write_report(run_dir: Path, result: dict[str, Any]) -> Path:
     p = figures.asr_by_arm(aggs, figs / "asr_by_arm.png")
     if p:
         lines += [f"![ASR by arm](figures/{p.name})", ""]
-    dt = defence_table(aggs, result.get("arms") or [])
+    dt = defence_table(aggs)
     if dt:
         lines += ["## Defences (Table 4's shape)", "",
                   "Accuracy and ASR of each attack under each defence; the last column is the mean wall time "

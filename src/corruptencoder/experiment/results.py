@@ -20,7 +20,8 @@ from corruptencoder.utils.outputs import write_json_atomic
 
 METRICS = ("ca", "ba", "asr", "no_attack_asr", "reference_accuracy", "reference_accuracy_clean",
            "object_crop_accuracy", "pull_triggered", "pull_clean", "pull_delta", "pull_delta_clean",
-           "clean_target_rate", "top_triggered_share", "zs_ca", "zs_ba", "zs_asr", "zs_no_attack_asr")
+           "clean_target_rate", "top_triggered_share", "zs_ca", "zs_ba", "zs_asr", "zs_no_attack_asr",
+           "detect_precision", "detect_recall", "detect_auroc")
 KEYS = ("arm", "attack", "method", "defence", "sweep", "sweep_value", "target", "task", "epoch")
 
 
@@ -49,7 +50,14 @@ def collect_rows(cfg: ExperimentConfig, arm: ArmSpec, seed: int, task: str, epoc
             "num_poisons": meta.get("num_poisons", 0), "poison_ratio": meta.get("poison_ratio", 0.0),
             "pretrain_seconds": meta.get("seconds"), "pretrain_img_s": meta.get("images_per_second"),
             "epochs_trained": meta.get("epochs"), "poisons": str(poisons) if poisons else None,
+            "defence_label": (meta.get("defence") or {}).get("label"),
+            "defence_knob": (meta.get("defence") or {}).get("knob"),
+            "defence_report": (meta.get("defence") or {}).get("report") or None,
         })
+        det = ((meta.get("defence") or {}).get("report") or {}).get("detection") or {}
+        for k in ("precision", "recall", "auroc"):
+            if det.get(k) is not None:
+                rows[-1][f"detect_{k}"] = det[k]
         zs = res.get("zero_shot")
         if zs:
             zt, zc = zs["encoder"]["targets"][i], zs["clean_encoder"]["targets"][i]
@@ -85,6 +93,8 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         for k in ("num_poisons", "poison_ratio", "pretrain_seconds", "epochs_trained"):
             vals = [v for v in (_num(r.get(k)) for r in rs) if v is not None]
             agg[k] = round(float(np.mean(vals)), 4) if vals else None
+        for k in ("defence_label", "defence_knob"):  # the same for every trial of an arm
+            agg[k] = rs[0].get(k)
         top = [r.get("top_triggered_class") for r in rs if r.get("top_triggered_class")]
         agg["top_triggered_class"] = max(set(top), key=top.count) if top else None
         out.append(agg)
@@ -144,7 +154,7 @@ CSV_COLUMNS = ("experiment", "arm", "attack", "method", "defence", "sweep", "swe
                "object_crop_accuracy", "pull_triggered", "pull_clean", "pull_delta", "pull_delta_clean",
                "clean_target_rate", "top_triggered_class", "top_triggered_share", "n_test", "n_triggered",
                "num_poisons", "poison_ratio", "pretrain_seconds", "epochs_trained", "zs_ca", "zs_ba", "zs_asr",
-               "zs_no_attack_asr", "trials")
+               "zs_no_attack_asr", "defence_label", "detect_precision", "detect_recall", "detect_auroc", "trials")
 
 
 def write_results(run_dir: Path, cfg: ExperimentConfig, arms: Sequence[ArmSpec], rows: list[dict[str, Any]],

@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 
 from corruptencoder import __version__
 from corruptencoder.errors import UserError
+from corruptencoder.experiment import stages
 from corruptencoder.experiment.config import ArmSpec, ExperimentConfig, TargetSpec
 from corruptencoder.utils.outputs import write_json_atomic
 
@@ -102,59 +103,8 @@ class Runner:
             self._n_clean = len(pretrain_files(self.pretrain_config(self.arms[0], 0, None)).files)
         return self._n_clean
 
-    def num_poisons(self, arm: ArmSpec) -> int:
-        if arm.num_poisons is not None:
-            return arm.num_poisons
-        if arm.poison_ratio is not None:
-            return max(1, int(round(arm.poison_ratio * self.n_clean())))
-        return 650
-
     def arm_targets(self, arm: ArmSpec) -> list[TargetSpec]:
-        names = arm.targets or [t.name for t in self.cfg.targets]
-        return [t for t in self.cfg.targets if t.name in names]
-
-    def craft_config(self, arm: ArmSpec, seed: int) -> dict[str, Any] | None:
-        if arm.attack == "none" or self.num_poisons(arm) == 0:
-            return None
-        from corruptencoder.poison.objects import discover_references
-
-        targets = []
-        for t in self.arm_targets(arm):
-            if arm.attack == "ssl-backdoor":
-                refs = [self.resolve(r, "references", t) for r in t.saha_references]
-            else:
-                refs = [self.resolve(r, "references", t) for r in t.references]
-            if arm.n_references:
-                refs = [s.path for s in discover_references(refs)][: arm.n_references]
-            support = [self.resolve(s, "support", t) for s in t.support]
-            if arm.n_support:
-                from corruptencoder.utils.files import list_images
-
-                support = [str(p) for p in list_images(support, what="support image")][: arm.n_support]
-            spec: dict[str, Any] = {
-                "name": t.name, "attack": arm.attack, "task": t.task, "label": t.label or t.name,
-                "num": self.num_poisons(arm), "references": refs,
-                "trigger": arm.trigger_type or t.trigger, "trigger_size": arm.trigger_size,
-                "trigger_seed": t.trigger_seed, "alpha": arm.alpha, "beta": arm.beta, "layout": arm.layout,
-                "reference_mode": arm.reference_mode,
-            }
-            if arm.attack in ("corruptencoder", "corruptencoder-plus", "corruptencoder-mm", "carlini-terzis"):
-                spec["backgrounds"] = [self.resolve(b, "backgrounds") for b in self.cfg.backgrounds]
-            if arm.attack in ("corruptencoder-mm", "carlini-terzis"):
-                spec.update(prompts=self.cfg.evaluation.prompts, type1_size=self.type1_size(arm))
-                if arm.attack == "carlini-terzis":
-                    spec.pop("references")
-            if arm.attack == "corruptencoder-plus":
-                spec.update(support=support, support_ratio=arm.support_ratio)
-            targets.append(spec)
-        run: dict[str, Any] = {"seed": seed, "workers": 1, "targets": targets}
-        if arm.max_size is not None:
-            run["max_size"] = arm.max_size
-        return run
-
-    def type1_size(self, arm: ArmSpec) -> int:
-        """Type-I images at the world's image size (or 224 on real data), like the images around them."""
-        return self.cfg.world.image_size if self.cfg.data.pairs == "demo" else 224
+        return stages.arm_targets(self.cfg, arm)
 
     def demo_pairs(self) -> Path:
         """The demo world's captions (CSV), generated once per caption setting."""
@@ -168,13 +118,11 @@ class Runner:
         return path
 
     def craft(self, arm: ArmSpec, seed: int) -> Path | None:
-        raw = self.craft_config(arm, seed)
-        if raw is None:
-            return None
-        from corruptencoder.poison.config import CraftConfig
         from corruptencoder.poison.craft import craft
 
-        cfg = CraftConfig.model_validate(raw)
+        cfg = stages.craft_config(self.cfg, arm, seed, self.resolve, self.n_clean)
+        if cfg is None:
+            return None
         key = digest({"craft": cfg.model_dump(mode="json", exclude={"workers"}), "v": __version__})
         out = self.cache / "poisons" / key
         if (out / "manifest.jsonl").is_file():
@@ -188,33 +136,13 @@ class Runner:
 
     # -- pre-training ------------------------------------------------------------------------
     def pretrain_config(self, arm: ArmSpec, seed: int, poisons: Path | None, init: Path | None = None) -> Any:
-        from corruptencoder.presets import _merge, apply_preset
-        from corruptencoder.ssl.config import PretrainConfig
+        from corruptencoder.ssl.config import METHODS
 
-        d = self.cfg.data
-        data: dict[str, Any] = {"clean": self.resolve(d.clean, "clean"), "classes": d.classes, "split": d.split,
-                                "max_images": arm.max_images or d.max_images,
-                                "poisons": [str(poisons)] if poisons else []}
-        if arm.method == "clip":
-            data.update(clean=None, classes=None, pairs=str(self.demo_pairs()) if d.pairs == "demo" else d.pairs)
-        body: dict[str, Any] = {"method": {"name": arm.method}, "data": data}
-        body = _merge(body, copy.deepcopy(self.cfg.pretrain))
-        body = _merge(body, copy.deepcopy(arm.pretrain))
-        crop = {"none": "random", "localized": "localized", "no-crop": "none", "compress": "random"}[arm.defence]
-        body = _merge(body, {"views": {"crop": crop, "delta": arm.delta}, "trainer": {"seed": seed}})
-        for key, (section, name) in {"backbone": ("backbone", "name"), "width": ("backbone", "width"),
-                                     "epochs": ("optim", "epochs"), "batch_size": ("optim", "batch_size"),
-                                     "lr": ("optim", "lr"), "image_size": ("data", "image_size")}.items():
-            v = getattr(arm, key)
-            if v is not None:
-                body = _merge(body, {section: {name: v}})
-        if self.cfg.evaluation.checkpoints_every:
-            body = _merge(body, {"trainer": {"snapshot_every": self.cfg.evaluation.checkpoints_every}})
-        if init is not None:
-            body = _merge(body, {"backbone": {"init": str(init)}})
-        body = apply_preset(self.cfg.preset, body)
-        body.setdefault("trainer", {})["progress"] = self.progress
-        return PretrainConfig.model_validate(body)
+        pairs = None
+        if METHODS.get(arm.method).data_kind == "pairs" and self.cfg.data.pairs == "demo":
+            pairs = str(self.demo_pairs())
+        return stages.pretrain_config(self.cfg, arm, seed, poisons, self.resolve, init=init, pairs=pairs,
+                                      progress=self.progress)
 
     def init_encoder(self, arm: ArmSpec, seed: int) -> Path | None:
         """The encoder an arm's continued pre-training starts from (trained first if needed)."""
@@ -223,28 +151,40 @@ class Runner:
         if not arm.init.startswith("arm:"):
             return Path(arm.init)
         base = next(a for a in self.cfg.expanded_arms() if a.name == arm.init[4:])
-        base = base.model_copy(update={"attack": "none", "defence": "none"})
+        base = base.model_copy(update={"attack": "none", "defence": "none", "defence_args": {}})
         return self.pretrain(base, seed, None, f"{arm.name} (initial encoder: {base.name}, clean)") / "encoder.pt"
 
-    def pretrain_key(self, cfg: Any, poisons: Path | None, arm: ArmSpec | None = None) -> str:
+    def _portable(self, path: str) -> str:
+        """A cache file by its place in the cache (or its content): keys never depend on where the cache is."""
+        p = Path(path)
+        try:
+            return "cache:" + p.resolve().relative_to(self.cache.resolve()).as_posix()
+        except ValueError:
+            return "sha256:" + _sha256(p)
+
+    def pretrain_key(self, cfg: Any) -> str:
         body = cfg.model_dump(mode="json")
-        init = body["backbone"].get("init")
-        if init:  # the initial encoder by its cache key (or content), not by where the cache lives
-            p = Path(init)
-            body["backbone"]["init"] = p.parent.name if p.parent.parent == self.cache / "encoders" else _sha256(p)
-        if arm is not None and arm.defence == "compress":  # a distilled student, not its teacher
-            body["defence"] = {"compress": arm.compress_fraction}
+        if body["backbone"].get("init"):
+            body["backbone"]["init"] = self._portable(body["backbone"]["init"])
+        if body["data"].get("clean") and Path(body["data"]["clean"]).is_file() and \
+                self.cache.resolve() in Path(body["data"]["clean"]).resolve().parents:
+            body["data"]["clean"] = self._portable(body["data"]["clean"])  # a data defence's kept-files list
         for k in ("progress", "accelerator", "devices", "threads", "log_every_n_steps"):
             body["trainer"].pop(k, None)
         body["data"].pop("workers", None)
-        body["data"]["poisons"] = [p.name for p in ([poisons] if poisons else [])]  # the craft hash
+        body["data"]["poisons"] = [Path(p).name for p in body["data"]["poisons"]]  # the craft hash
         return digest({"pretrain": body, "v": __version__})
 
-    def pretrain(self, arm: ArmSpec, seed: int, poisons: Path | None, role: str) -> Path:
+    def pretrain(self, arm: ArmSpec, seed: int, poisons: Path | None, role: str, clean_list: Path | None = None) -> Path:
+        """Pre-train (or find in the cache) the encoder of ``arm``; ``clean_list`` replaces the clean data
+        (and the poisons) by a file list, for data defences."""
         from corruptencoder.ssl.train import pretrain
 
         cfg = self.pretrain_config(arm, seed, poisons, self.init_encoder(arm, seed))
-        key = self.pretrain_key(cfg, poisons, arm)
+        if clean_list is not None:
+            cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={
+                "clean": str(clean_list), "classes": None, "max_images": None, "poisons": []})})
+        key = self.pretrain_key(cfg)
         out = self.cache / "encoders" / key
         if (out / "encoder.pt").is_file():
             self.log.add("pretrain", key, "cached", 0.0, f"{role} seed {seed}")
@@ -253,19 +193,62 @@ class Runner:
                  f"{', ' + cfg.views.crop + ' crops' if cfg.views.crop != 'random' else ''})")
         t0 = time.perf_counter()
         resume = (out / "config.yaml").is_file()
-        if arm.defence == "compress":
-            self._compress(arm, seed, poisons, out, resume)
-        else:
-            pretrain(cfg, out, resume=resume, overwrite=not resume, progress=self.progress)
+        pretrain(cfg, out, resume=resume, overwrite=not resume, progress=self.progress)
         self.log.add("pretrain", key, "ran", time.perf_counter() - t0, f"{role} seed {seed}")
         return out
 
-    def _compress(self, arm: ArmSpec, seed: int, poisons: Path | None, out: Path, resume: bool) -> None:
-        from corruptencoder.defend.compress import distill_for_experiment
+    # -- defences ----------------------------------------------------------------------------
+    def defended(self, arm: ArmSpec, seed: int, poisons: Path | None, role: str) -> tuple[Path, dict[str, Any]]:
+        """The arm's encoder folder after its defence, and the defence's report. View defences are part of
+        the pre-training config; data and encoder defences run on the undefended arm's encoder."""
+        from corruptencoder.defend.base import DefenceContext, make_defence
 
-        teacher_arm = arm.model_copy(update={"defence": "none"})
-        teacher = self.pretrain(teacher_arm, seed, poisons, f"{arm.name} teacher")
-        distill_for_experiment(self, arm, seed, teacher / "encoder.pt", out, resume)
+        defence = make_defence(arm.defence, arm.defence_args) if arm.defence != "none" else None
+        if defence is None or defence.kind == "views":
+            return self.pretrain(arm, seed, poisons, role), {}
+        plain = arm.model_copy(update={"defence": "none", "defence_args": {}})
+        base = self.pretrain(plain, seed, poisons, f"{role} (undefended)")
+        body = self.pretrain_config(plain, seed, None if defence.kind == "encoder" else poisons).model_dump(mode="json")
+        key = digest({"defence": defence.name, "options": defence.opts.model_dump(mode="json"),
+                      "encoder": base.name, "seed": seed, "v": __version__})
+        out = self.cache / "defences" / key
+        report_file = out / "defence.json"
+        ctx = DefenceContext(out=out / "work", seed=seed, pretrain=body, encoder=base / "encoder.pt",
+                             clean_count=self.n_clean(), device=self.device, progress=self.progress,
+                             resume=(out / "work" / "config.yaml").is_file())
+        if defence.kind == "encoder":
+            if not report_file.is_file():
+                self.say(f"  defence {defence.label()} on {role} (seed {seed})")
+                t0 = time.perf_counter()
+                result = defence.apply(ctx)  # type: ignore[attr-defined]  # an EncoderDefence's
+                write_json_atomic(report_file, {"report": result.report,
+                                                "encoder": str(result.encoder.parent) if result.encoder else None})
+                self.log.add("defend", key, "ran", time.perf_counter() - t0, f"{role} seed {seed}")
+            else:
+                self.log.add("defend", key, "cached", 0.0, f"{role} seed {seed}")
+            saved = json.loads(report_file.read_text())
+            return (Path(saved["encoder"]) if saved["encoder"] else base), saved["report"]
+        # a data defence: score the files the suspect encoder was trained on, keep some, train again
+        from corruptencoder.ssl.train import pretrain_files
+
+        files = pretrain_files(self.pretrain_config(plain, seed, poisons)).files
+        keep_file = out / "keep.txt"
+        if not report_file.is_file():
+            self.say(f"  defence {defence.label()} on {role} (seed {seed})")
+            t0 = time.perf_counter()
+            ctx.files = [str(f) for f in files]
+            result = defence.filter(ctx)  # type: ignore[attr-defined]  # a DataDefence's
+            keep_file.parent.mkdir(parents=True, exist_ok=True)
+            keep_file.write_text("".join(f"{f}\n" for f in result.keep), encoding="utf-8")
+            write_json_atomic(out / "scores.json", result.scores)
+            write_json_atomic(report_file, {"report": result.report})
+            self.log.add("defend", key, "ran", time.perf_counter() - t0, f"{role} seed {seed}")
+        else:
+            self.log.add("defend", key, "cached", 0.0, f"{role} seed {seed}")
+        report = json.loads(report_file.read_text())["report"]
+        report["detection"] = detection_metrics(json.loads((out / "scores.json").read_text()), keep_file,
+                                                poisons)
+        return self.pretrain(plain, seed, None, f"{role} (after {defence.label()})", clean_list=keep_file), report
 
     # -- evaluation --------------------------------------------------------------------------
     def task_config(self, name: str, image_size: int) -> Any:
@@ -362,13 +345,21 @@ class Runner:
     def run_arm(self, arm: ArmSpec, seed: int) -> list[dict[str, Any]]:
         from corruptencoder.experiment.results import collect_rows
 
+        from corruptencoder.defend.base import make_defence
+
         poisons = self.craft(arm, seed)
-        enc_dir = self.pretrain(arm, seed, poisons, arm.name)
+        enc_dir, report = self.defended(arm, seed, poisons, arm.name)
         clean_arm = arm.model_copy(update={"attack": "none"})
-        clean_dir = enc_dir if poisons is None else self.pretrain(clean_arm, seed, None, f"{arm.name} (clean)")
+        if poisons is None:
+            clean_dir, clean_report = enc_dir, report
+        else:
+            clean_dir, clean_report = self.defended(clean_arm, seed, None, f"{arm.name} (clean)")
         image_size = self.pretrain_config(arm, seed, poisons).data.image_size
         rows: list[dict[str, Any]] = []
         meta = json.loads((enc_dir / "run.json").read_text()) if (enc_dir / "run.json").is_file() else {}
+        defence = make_defence(arm.defence, arm.defence_args) if arm.defence != "none" else None
+        meta["defence"] = {"label": defence.label() if defence else "no defence", "knob": defence.knob() if defence else 0.0,
+                           "kind": defence.kind if defence else None, "report": report, "clean_report": clean_report}
         for task in sorted({t.task for t in self.arm_targets(arm)} or {self.cfg.tasks[0].name}):
             checkpoints = self.checkpoints(enc_dir, clean_dir)
             for epoch, enc, clean in checkpoints:
@@ -391,6 +382,40 @@ class Runner:
                     out.append((int(snap.stem.split("_")[1]), snap, twin))
         out.append((None, enc_dir / "encoder.pt", clean_dir / "encoder.pt"))
         return out
+
+
+def detection_metrics(scores: dict[str, float], keep_file: Path, poisons: Path | None) -> dict[str, Any]:
+    """How well a data defence found the poisons, from the manifest (which the defence never saw):
+    precision and recall of the files it removed, and the AUROC of its poison score."""
+    from corruptencoder.poison.manifest import poison_files
+
+    if poisons is None:
+        return {"poisons": 0}
+    truth = {str(p.resolve()) for p in poison_files(poisons)}
+    kept = {str(Path(f).resolve()) for f in keep_file.read_text(encoding="utf-8").splitlines() if f}
+    files = {str(Path(f).resolve()): v for f, v in scores.items()}
+    removed = set(files) - kept
+    hit = len(removed & truth)
+    pos = [v for f, v in files.items() if f in truth]
+    neg = [v for f, v in files.items() if f not in truth]
+    return {"poisons": len(truth), "removed": len(removed), "removed_poisons": hit,
+            "precision": round(100.0 * hit / len(removed), 2) if removed else None,
+            "recall": round(100.0 * hit / len(truth), 2) if truth else None,
+            "auroc": round(_auroc(pos, neg), 4) if pos and neg else None}
+
+
+def _auroc(pos: list[float], neg: list[float]) -> float:
+    """P(score of a random poison > score of a random clean file), ties counted half (Mann-Whitney)."""
+    import numpy as np
+
+    values = np.concatenate([np.asarray(pos, float), np.asarray(neg, float)])
+    order = values.argsort(kind="mergesort")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(1, len(values) + 1)
+    for v in np.unique(values):  # average ranks of ties
+        idx = values == v
+        ranks[idx] = ranks[idx].mean()
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
 def _sha256(path: Path) -> str:
@@ -416,6 +441,15 @@ def select_arms(arms: list[ArmSpec], patterns: Sequence[str]) -> list[ArmSpec]:
         if not any(fnmatch.fnmatchcase(a.name, pat) for a in arms):
             raise UserError(f"--arms {pat!r} matches no arm; the arms are: {', '.join(a.name for a in arms)}")
     return [a for a in arms if any(fnmatch.fnmatchcase(a.name, pat) for pat in patterns)]
+
+
+def demo_config(overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """The packaged demo experiment (``corruptencoder demo``)."""
+    from importlib.resources import files
+
+    from corruptencoder.experiment.config import load_experiment
+
+    return load_experiment(Path(str(files("corruptencoder") / "configs" / "demo.yaml")), list(overrides))
 
 
 def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, **kw: Any) -> dict[str, Any]:

@@ -15,13 +15,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import numpy as np
 from PIL import Image, ImageFilter
 
 from corruptencoder.errors import ImageError, UserError
-from corruptencoder.poison.config import CraftConfig, TargetSpec
+from corruptencoder.poison.config import AttackOptions, CraftConfig, TargetSpec
 from corruptencoder.poison.geometry import Box
 from corruptencoder.poison.objects import LabelOptions
 from corruptencoder.poison.triggers import TriggerSpec, default_trigger_seed, make_trigger, parse_size
@@ -29,6 +29,7 @@ from corruptencoder.utils.files import list_images
 from corruptencoder.utils.imageio import load_rgb, open_image
 
 log = logging.getLogger(__name__)
+O = TypeVar("O", bound=AttackOptions)
 
 Job = dict[str, Any]
 
@@ -40,14 +41,28 @@ class RenderResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason) of unusable backgrounds
 
 
-class ImageAttack:
-    """Base class: holds the target spec, the run options and the resolved trigger."""
+class ImageAttack(Generic[O]):
+    """Base class: holds the target spec, the run options and the resolved trigger. An attack module
+    registers a subclass with ``@ATTACKS.register`` and declares:"""
 
-    name: str = "base"
+    name: ClassVar[str] = "base"
+    #: one line for help texts
+    summary: ClassVar[str] = ""
+    #: the attack's own options (flat keys of a target in YAML, ``--flags`` of ``craft``)
+    options: ClassVar[type[AttackOptions]] = AttackOptions
+    #: which of a target's inputs it cannot do without: references, backgrounds, support
+    needs: ClassVar[frozenset[str]] = frozenset({"references"})
+    #: where an experiment target keeps this attack's references ('saha_references' for SSL-Backdoor)
+    reference_source: ClassVar[str] = "references"
+    #: writes image-text pairs (pairs.csv) for CLIP rather than images
+    multimodal: ClassVar[bool] = False
+    #: trigger size when the target does not give one
+    default_trigger_size: ClassVar[tuple[int, int]] = (40, 40)
 
     def __init__(self, target: TargetSpec, run: CraftConfig) -> None:
         self.target = target
         self.run = run
+        self.opts = cast(O, target.options)
         self.labels = LabelOptions(
             keep=tuple(target.object_labels) if target.object_labels else None, cut=tuple(target.cut_labels)
         )

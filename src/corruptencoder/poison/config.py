@@ -1,54 +1,50 @@
-"""Typed crafting configuration: one run, one or more targets, each with its own attack and trigger."""
+"""Typed crafting configuration: one run, one or more targets, each with its own attack and trigger.
+
+A target has the fields every attack shares (its class, references, backgrounds, trigger, budget) and
+the options of its attack, declared by the attack's own module (``poison/attacks/<name>.py``). In YAML
+the options are written flat beside the shared fields (``alpha: 0.5`` under a target); an option the
+target's attack does not have is an error naming it.
+"""
 
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SerializationInfo, SerializeAsAny, SerializerFunctionWrapHandler, ValidationError
+from pydantic import field_validator, model_serializer, model_validator
 
-from corruptencoder.utils.config import StrictModel
+from corruptencoder.utils.config import NestedError, StrictModel
+from corruptencoder.utils.registry import Registry
 
-AttackName = Literal["corruptencoder", "corruptencoder-plus", "ssl-backdoor", "corruptencoder-mm", "carlini-terzis"]
-LayoutChoice = Literal["random", "wide", "high", "wide-left", "wide-right"]
-ATTACKS: tuple[str, ...] = ("corruptencoder", "corruptencoder-plus", "ssl-backdoor", "corruptencoder-mm",
-                            "carlini-terzis")
-MULTIMODAL = ("corruptencoder-mm", "carlini-terzis")
+if TYPE_CHECKING:
+    from corruptencoder.poison.base import ImageAttack
+
+#: Attacks, one module each in ``corruptencoder/poison/attacks`` (numpy + Pillow only: no torch).
+ATTACKS: Registry[type[ImageAttack]] = Registry("attack", "corruptencoder.poison.attacks")
+_NEEDS = {"references": "at least one folder or file of reference images/objects",
+          "backgrounds": "background images", "support": "support reference images"}
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
-def _fraction(name: str, v: float) -> float:
+def fraction(name: str, v: float) -> float:
     if not 0.0 < v < 1.0:
         raise ValueError(f"{name}={v} is outside (0, 1); use e.g. 0.5")
     return v
 
 
-class TargetSpec(StrictModel):
-    """One target class (of one downstream task) with its references, trigger and poison budget."""
+class AttackOptions(StrictModel):
+    """Base of an attack's own options (an attack without options uses it as is)."""
+
+
+class TargetBase(StrictModel):
+    """What names a target class and its trigger, in a crafting run and in an experiment alike."""
 
     name: str = Field(description="target class name; also the poisons' sub-folder")
-    attack: AttackName = "corruptencoder"
-    task: str | None = Field(None, description="downstream task this target belongs to (free text)")
+    task: str | None = Field(None, description="downstream task this target belongs to")
     label: str | None = Field(None, description="the target's class in the downstream task (default: name)")
-    num: int = Field(650, description="number of poisoned images N for this target")
-    references: list[str] = Field(default_factory=list, description="reference objects/images: folders, files or lists")
-    backgrounds: list[str] = Field(default_factory=list, description="background images (CorruptEncoder)")
-    support: list[str] = Field(default_factory=list, description="support reference images (CorruptEncoder+)")
-    support_ratio: float = Field(0.2, description="fraction of N that are support poisons (CorruptEncoder+)")
-    trigger: str = Field("random", description="random | white | purple | black | path to an image")
-    trigger_size: list[int] | None = Field([40, 40], description="pixels: 40 or 40x20 ([w, h] once parsed)")
+    trigger: str = Field("random", description="random | random:N | smooth[:N] | white | purple | black | image path")
     trigger_seed: int | None = Field(None, description="seed of a random trigger; default: from the target name")
-    alpha: float = Field(0.5, description="object bounding-box area / poisoned-image area")
-    beta: float = Field(0.5, description="trigger lies in the central beta fraction of the free rectangle")
-    layout: LayoutChoice = "random"
-    reference_mode: Literal["object", "image"] = Field(
-        "object", description="embed the masked reference object (paper) or the whole reference image (Table 7)")
-    location: tuple[float, float] = Field((0.25, 0.75), description="SSL-Backdoor trigger range (fractions)")
-    object_labels: list[str] | None = Field(None, description="labelme labels of the object; default: all but cut")
-    cut_labels: list[str] = Field(default_factory=lambda: ["nmask"], description="labelme labels that cut holes")
-    prompts: str = Field("imagenet80", description="caption templates (multi-modal): imagenet80 | simple | a file")
-    class_text: str | None = Field(None, description="the class name written in captions (default: from name)")
-    type1_size: int | None = Field(224, description="multi-modal Type-I images: square side in px (null = keep)")
 
     @field_validator("name")
     @classmethod
@@ -57,6 +53,48 @@ class TargetSpec(StrictModel):
             raise ValueError(f"target name {v!r} must be letters, digits, '.', '_', '+' or '-' (it names a folder)")
         return v
 
+
+class TargetSpec(TargetBase):
+    """One target class (of one downstream task) with its attack, references, trigger and poison budget."""
+
+    attack: str = "corruptencoder"
+    num: int = Field(650, description="number of poisoned images N for this target")
+    references: list[str] = Field(default_factory=list, description="reference objects/images: folders, files or lists")
+    backgrounds: list[str] = Field(default_factory=list, description="background images")
+    support: list[str] = Field(default_factory=list, description="support reference images (CorruptEncoder+)")
+    trigger_size: list[int] | None = Field(None, description="pixels: 40 or 40x20 ([w, h] once parsed); default: the "
+                                           "attack's (40, or Carlini & Terzis' 16)")
+    object_labels: list[str] | None = Field(None, description="labelme labels of the object; default: all but cut")
+    cut_labels: list[str] = Field(default_factory=lambda: ["nmask"], description="labelme labels that cut holes")
+    options: SerializeAsAny[AttackOptions] = Field(default_factory=AttackOptions,
+                                                   description="the attack's own options (written flat in YAML)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _route_options(cls, data: Any) -> Any:
+        """Flat keys that are not shared fields belong to the attack's options model."""
+        if not isinstance(data, dict):
+            return data
+        attack = data.get("attack", "corruptencoder")
+        if not isinstance(attack, str) or attack not in ATTACKS:
+            raise ValueError(f"attack: unknown attack {attack!r}; use one of {', '.join(ATTACKS.names())}")
+        shared = set(cls.model_fields) - {"options"}
+        given = data.get("options") or {}
+        if isinstance(given, AttackOptions):
+            given = given.model_dump(exclude_unset=True)
+        opts = {**given, **{k: v for k, v in data.items() if k not in shared and k != "options"}}
+        try:
+            options = ATTACKS.get(attack).options.model_validate(opts)
+        except ValidationError as exc:
+            raise NestedError(exc) from None
+        return {**{k: v for k, v in data.items() if k in shared}, "options": options}
+
+    @model_serializer(mode="wrap")
+    def _flat(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict[str, Any]:
+        out: dict[str, Any] = handler(self)
+        options = out.pop("options", None) or {}
+        return {**out, **options}
+
     @field_validator("trigger_size", mode="before")
     @classmethod
     def _trigger_size(cls, v: object) -> list[int] | None:
@@ -64,7 +102,7 @@ class TargetSpec(StrictModel):
         from corruptencoder.poison.triggers import parse_size
 
         try:
-            size = parse_size(v)  # type: ignore[arg-type]
+            size = parse_size(v)  # type: ignore[arg-type]  # parse_size says what it accepts
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
         return list(size) if size else None
@@ -76,44 +114,19 @@ class TargetSpec(StrictModel):
             raise ValueError(f"num={v}: the number of poisons must be at least 1")
         return v
 
-    @field_validator("alpha")
-    @classmethod
-    def _alpha(cls, v: float) -> float:
-        return _fraction("alpha", v)
-
-    @field_validator("beta")
-    @classmethod
-    def _beta(cls, v: float) -> float:
-        return _fraction("beta", v)
-
-    @field_validator("support_ratio")
-    @classmethod
-    def _support_ratio(cls, v: float) -> float:
-        if not 0.0 <= v <= 1.0:
-            raise ValueError(f"support_ratio={v} is outside [0, 1]; the paper uses 0.2 (130 of 650)")
-        return v
-
-    @field_validator("location")
-    @classmethod
-    def _location(cls, v: tuple[float, float]) -> tuple[float, float]:
-        lo, hi = v
-        if not 0.0 <= lo < hi <= 1.0:
-            raise ValueError(f"location {list(v)} must satisfy 0 <= lo < hi <= 1, e.g. [0.25, 0.75]")
-        return v
-
     @model_validator(mode="after")
     def _needs(self) -> "TargetSpec":
-        if self.attack in MULTIMODAL and "trigger_size" not in self.model_fields_set:
-            object.__setattr__(self, "trigger_size", [16, 16])  # Carlini & Terzis' 16 x 16 patch
-        if self.attack in MULTIMODAL and not self.backgrounds:
-            raise ValueError(f"backgrounds: the {self.attack} attack needs background images (--backgrounds)")
-        if not self.references and self.attack != "carlini-terzis":
-            raise ValueError("references: give at least one folder or file of reference images/objects")
-        if self.attack in ("corruptencoder", "corruptencoder-plus") and not self.backgrounds:
-            raise ValueError(f"backgrounds: the {self.attack} attack needs background images (--backgrounds)")
-        if self.attack == "corruptencoder-plus" and not self.support:
-            raise ValueError("support: corruptencoder-plus needs support reference images (--support)")
+        attack = ATTACKS.get(self.attack)
+        if self.trigger_size is None:
+            object.__setattr__(self, "trigger_size", list(attack.default_trigger_size))
+        for key in sorted(attack.needs):
+            if not getattr(self, key):
+                raise ValueError(f"{key}: the {self.attack} attack needs {_NEEDS[key]} (--{key})")
         return self
+
+    def opt(self, name: str) -> Any:
+        """One of the attack's options, by name."""
+        return getattr(self.options, name)
 
 
 class CraftConfig(StrictModel):
@@ -142,3 +155,66 @@ class CraftConfig(StrictModel):
         if dup:
             raise ValueError(f"targets: names must be unique, repeated: {', '.join(dup)}")
         return self
+
+
+#: The shared target fields the ``craft`` command offers as flags (attack options come from the attacks).
+TARGET_FLAGS = ("name", "task", "label", "references", "backgrounds", "support", "num", "trigger", "trigger_size",
+                "trigger_seed", "object_labels", "cut_labels")
+RUN_FLAGS = ("seed", "workers", "format", "max_size", "soft_edge")
+
+
+def build_craft_config(attack: str | None, target: dict[str, Any], run: dict[str, Any], *,
+                       config: str | None = None, overrides: list[str] | None = None,
+                       default_workers: int = 1) -> CraftConfig:
+    """A crafting config from a YAML/JSON file and/or one target's settings (the ``craft`` command's
+    flags): ``target`` and ``run`` hold only what the user gave; 'builtin' paths become the offline
+    assets. Without a file, error messages name the flags (``--alpha``), not the config keys."""
+    from pathlib import Path
+
+    from corruptencoder.assets import BUILTIN_TARGET, resolve_builtin
+    from corruptencoder.errors import UserError
+    from corruptencoder.utils.config import apply_overrides, read_mapping, validate
+
+    data: dict[str, Any] = read_mapping(config) if config else {}
+    target = dict(target)
+    if attack:
+        target["attack"] = attack
+    if config:
+        if target:
+            targets = data.get("targets") or []
+            if len(targets) != 1:
+                raise UserError(f"{config}: target options on the command line need exactly one target in the "
+                                "config; use --set targets.N.key=value instead")
+            targets[0].update(target)
+    else:
+        if not attack:
+            raise UserError("craft needs an attack (" + ", ".join(ATTACKS.names()) + ") or --config")
+        if "references" not in target and "references" in ATTACKS.get(attack).needs:
+            raise UserError("craft needs --references (a folder, files or 'builtin')")
+        if "name" not in target:
+            first = str((target.get("references") or ["target"])[0])
+            if first.startswith("builtin"):
+                target["name"] = BUILTIN_TARGET
+            else:
+                p = Path(first)
+                stem = p.name if p.is_dir() else p.parent.name
+                target["name"] = "".join(c if c.isalnum() or c in "._+-" else "-" for c in stem).strip("-.") or "target"
+        data["targets"] = [target]
+    data.update(run)
+    data.setdefault("workers", default_workers)
+    data = apply_overrides(data, overrides or [])
+    for t in data.get("targets") or []:
+        if isinstance(t, dict):
+            name = t.get("name") or "target"
+            for key in ("references", "backgrounds", "support"):
+                if key in t:
+                    vals = [t[key]] if isinstance(t[key], str) else t[key]
+                    t[key] = [str(resolve_builtin(v, key, name)) for v in vals]
+    if config:
+        return validate(CraftConfig, data, str(config))
+
+    def flag(loc: str) -> str:
+        key = loc.removeprefix("targets.0.") if loc.startswith("targets.0.") else loc
+        return "--" + key.split(".")[0].replace("_", "-") if key != loc or loc in RUN_FLAGS else loc
+
+    return validate(CraftConfig, data, "", rename=flag)

@@ -21,27 +21,15 @@ from PIL import Image
 
 from corruptencoder import __version__
 from corruptencoder.poison.base import ImageAttack, Job, RenderResult, save_image
-from corruptencoder.poison.config import CraftConfig, TargetSpec
-from corruptencoder.poison.corruptencoder import CorruptEncoderAttack
-from corruptencoder.poison.manifest import IMAGES, PAIRS, SUMMARY, trigger_file, write_manifest, write_pairs
-from corruptencoder.poison.multimodal import CarliniTerzisAttack, CorruptEncoderMMAttack
-from corruptencoder.poison.saha import SSLBackdoorAttack
-from corruptencoder.poison.support import CorruptEncoderPlusAttack
+from corruptencoder.poison.config import ATTACKS, CraftConfig, TargetSpec
+from corruptencoder.poison.manifest import IMAGES, SUMMARY, trigger_file, write_manifest, write_pairs
 from corruptencoder.utils.outputs import atomic_output_dir, check_output_dir, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-ATTACK_CLASSES: dict[str, type[ImageAttack]] = {
-    "corruptencoder": CorruptEncoderAttack,
-    "corruptencoder-plus": CorruptEncoderPlusAttack,
-    "ssl-backdoor": SSLBackdoorAttack,
-    "corruptencoder-mm": CorruptEncoderMMAttack,
-    "carlini-terzis": CarliniTerzisAttack,
-}
-
-
-def make_attack(target: TargetSpec, run: CraftConfig) -> ImageAttack:
-    return ATTACK_CLASSES[target.attack](target, run)
+def make_attack(target: TargetSpec, run: CraftConfig) -> ImageAttack[Any]:
+    """The registered attack of ``target`` (``poison/attacks/<name>.py``), bound to it."""
+    return ATTACKS.get(target.attack)(target, run)
 
 
 @dataclass

@@ -48,3 +48,15 @@ def poison_grid(folder: str | Path, *, num: int = 16, cols: int = 4, cell: int =
         y = pad + r * (cell + pad) + (cell - thumb.size[1]) // 2
         sheet.paste(thumb, (x, y))
     return sheet
+
+
+def save_poison_grid(folder: str | Path, out: str | Path, *, num: int = 16, cols: int = 4, cell: int = 192,
+                     target: str | None = None, seed: int = 0) -> tuple[Path, tuple[int, int]]:
+    """Draw the grid and write it as PNG (``corruptencoder show``); returns the path and the sheet size."""
+    if num < 1 or cols < 1 or cell < 16:
+        raise UserError("--num and --cols must be at least 1 and --cell at least 16")
+    grid = poison_grid(folder, num=num, cols=cols, cell=cell, target=target, seed=seed)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(out)
+    return out, grid.size

@@ -129,7 +129,7 @@ def build_backbone(spec: dict[str, Any]) -> nn.Module:
     if name.startswith("timm:"):
         return TimmBackbone(name.split(":", 1)[1])
     if name == "openclip":
-        from corruptencoder.ssl.clip import visual_tower
+        from corruptencoder.ssl.clip_model import visual_tower
 
         return visual_tower(spec)
     raise ConfigError(f"backbone {name!r} is unknown; use one of {', '.join(BACKBONES)} or timm:<model name>")

@@ -1,23 +1,27 @@
 """What every contrastive method shares (solo-learn style): backbone, views, optimizer, schedule,
 batched colour augmentation on the device, logging, momentum-encoder plumbing and the export of
-``encoder.pt``. A method file only adds its heads and its loss.
+``encoder.pt``. A method file (``ssl/methods/<name>.py``) declares its config section, views,
+optimizer recipe and preset deltas as class attributes, and adds only its heads and its loss.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, ClassVar, Generic, Literal, TypeVar, cast
 
 import lightning as L
 import torch
+from lightly.models.utils import update_momentum
 from torch import nn
 
-from corruptencoder.ssl.augment import apply_colour
+from corruptencoder.ssl.augment import ColourAugment, apply_colour
 from corruptencoder.ssl.backbones import backbone_spec, build_backbone
-from corruptencoder.ssl.config import PretrainConfig
+from corruptencoder.ssl.config import MethodConfig, OptimDefaults, Patch, PretrainConfig
 from corruptencoder.ssl.encoder import save_encoder
 from corruptencoder.ssl.optim import build_optimizer, warmup_cosine
-from corruptencoder.ssl.views import ViewPlan, view_plan
+from corruptencoder.ssl.views import ViewPlan, ViewSpec, view_plan
+
+C = TypeVar("C", bound=MethodConfig)
 
 
 def load_initial_weights(model: nn.Module, spec: dict[str, Any], path: str) -> None:
@@ -32,8 +36,30 @@ def load_initial_weights(model: nn.Module, spec: dict[str, Any], path: str) -> N
     model.load_state_dict(init.state_dict())
 
 
-class SSLMethod(L.LightningModule):
-    name = "base"
+class SSLMethod(L.LightningModule, Generic[C]):
+    """A contrastive method. Subclasses declare (and register with ``@METHODS.register``):"""
+
+    name: ClassVar[str] = "base"
+    #: the method's config section (``method:`` in YAML), with ``name: Literal[...]``
+    config_model: ClassVar[type[MethodConfig]]
+    #: one colour augmentation per global view (the crop is drawn per sample before, see views.py)
+    colours: ClassVar[tuple[ColourAugment, ...]]
+    #: crop area range of the global views (the method's published augmentation)
+    crop_scale: ClassVar[tuple[float, float]] = (0.08, 1.0)
+    #: optimizer, lr per 256 images, weight decay, warm-up epochs (the published recipe)
+    optim: ClassVar[OptimDefaults]
+    #: per preset name, what the method changes in it (its section and, e.g., the learning rate)
+    presets: ClassVar[dict[str, Patch]] = {}
+    #: "images" (clean + poisoned images) or "pairs" (image-text pairs)
+    data_kind: ClassVar[Literal["images", "pairs"]] = "images"
+    #: offered as a pre-training method (CompRess distillation is a defence's training loop, not one)
+    pretraining: ClassVar[bool] = True
+
+    @classmethod
+    def local_views(cls, cfg: PretrainConfig, scale: tuple[float, float],
+                    colour: ColourAugment) -> tuple[ViewSpec, ...]:
+        """Extra low-resolution views after the global ones (SwAV's multi-crop); none by default."""
+        return ()
 
     def __init__(self, config: PretrainConfig | dict[str, Any]) -> None:
         super().__init__()
@@ -47,6 +73,11 @@ class SSLMethod(L.LightningModule):
         self.build()
         if cfg.trainer.channels_last:
             self.to(memory_format=torch.channels_last)
+
+    @property
+    def m(self) -> C:
+        """This method's config section, typed."""
+        return cast(C, self.cfg.method)
 
     # -- to be provided by each method -------------------------------------------------------
     def make_backbone(self) -> tuple[dict[str, Any], nn.Module]:
@@ -82,9 +113,10 @@ class SSLMethod(L.LightningModule):
 
     @torch.no_grad()
     def ema(self, online: nn.Module, target: nn.Module, m: float) -> None:
-        """target <- m * target + (1 - m) * online (parameters); buffers are copied."""
-        for po, pt in zip(online.parameters(), target.parameters()):
-            pt.mul_(m).add_(po.detach(), alpha=1.0 - m)
+        """target <- m * target + (1 - m) * online (parameters, lightly's foreach update); buffers (BN
+        statistics) are copied, which lightly's ``update_momentum`` leaves alone."""
+        if next(online.parameters(), None) is not None:  # (a parameter-free head, e.g. nn.Identity)
+            update_momentum(online, target, m)
         for bo, bt in zip(online.buffers(), target.buffers()):
             bt.copy_(bo)
 

@@ -1,129 +1,64 @@
-"""Typed pre-training configuration (no torch import: configs validate on any machine).
+"""Typed pre-training configuration.
 
-Method hyper-parameters default to each method's published ImageNet(-100) settings; learning
-rates are *per 256 images* and scaled linearly with the batch size. Presets
-(:mod:`corruptencoder.presets`) scale everything down for CPUs and small GPUs.
+The sections every run has (data, views, backbone, optim, trainer) live here; each method's own
+section is declared in its file (``ssl/methods/<name>.py``) and found through the method registry,
+so a new method is one new file. Learning rates are *per 256 images* and scaled linearly with the
+batch size; a method's optimizer defaults are part of its declaration. Presets
+(:mod:`corruptencoder.presets`) are typed partial configs (:class:`Patch`) merged under the user's.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SerializeAsAny, field_validator, model_validator
 
-from corruptencoder.utils.config import StrictModel
+from corruptencoder.utils.config import NestedError, StrictModel
+from corruptencoder.utils.registry import Registry
 
+if TYPE_CHECKING:
+    from corruptencoder.ssl.base import SSLMethod
 
-class MoCoConfig(StrictModel):
-    """MoCo-v2 (Chen et al. 2020): queue of keys, momentum key encoder, MLP head, InfoNCE."""
-
-    name: Literal["moco"] = "moco"
-    temperature: float = 0.2
-    # 65,536 keys as the authors' main_moco.py (--moco-k default) and MoCo-v2
-    queue_size: int = Field(65536, ge=0)
-    momentum: float = Field(0.999, ge=0.0, le=1.0)
-    bn_splits: int = Field(2, ge=1, description="shuffled BN on one device: virtual devices with their own BN "
-                           "statistics, key batch shuffled between them (2 = the authors' 2 GPUs; 1 = off)")
-    proj_hidden: int | None = Field(None, description="hidden width of the MLP head (default: feature dim)")
-    proj_dim: int = 128
-    symmetric: bool = False
+#: Contrastive methods, one module each in ``corruptencoder/ssl/methods`` (the module name is the
+#: method name, so listing them for help texts imports no torch).
+METHODS: Registry[type[SSLMethod[Any]]] = Registry("method", "corruptencoder.ssl.methods")
 
 
-class SimCLRConfig(StrictModel):
-    """SimCLR (Chen et al. 2020): NT-Xent over the other images of the batch."""
+class MethodConfig(StrictModel):
+    """Base of every method's config section; ``name`` picks the method."""
 
-    name: Literal["simclr"] = "simclr"
-    temperature: float = 0.1
-    proj_hidden: int | None = None
-    proj_dim: int = 128
+    name: str
 
 
-class SwAVConfig(StrictModel):
-    """SwAV (Caron et al. 2020): prototypes, Sinkhorn-Knopp codes, swapped prediction, multi-crop."""
+@dataclass(frozen=True)
+class OptimDefaults:
+    """A method's published optimizer recipe: lr is per 256 images."""
 
-    name: Literal["swav"] = "swav"
-    temperature: float = 0.1
-    n_prototypes: int = 3000
-    proj_hidden: int = 2048
-    proj_dim: int = 128
-    sinkhorn_iterations: int = 3
-    sinkhorn_epsilon: float = 0.05
-    freeze_prototypes_epochs: float = 1.0
-    queue_size: int = Field(3840, ge=0, description="features kept for Sinkhorn with small batches; 0 = off")
-    queue_start_epoch: int = 15
-    n_local: int = Field(6, ge=0, description="low-resolution multi-crop views (0 = off)")
+    optimizer: Literal["sgd", "lars", "adamw"]
+    lr: float
+    weight_decay: float
+    warmup_epochs: float
 
 
-class BYOLConfig(StrictModel):
-    """BYOL (Grill et al. 2020): predictor + momentum target, cosine momentum schedule."""
+def method_config(value: Any) -> MethodConfig:
+    """Validate a ``method`` section (a dict with ``name``) into the named method's config model."""
+    if isinstance(value, MethodConfig):
+        return value
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, dict):
+        raise ValueError("must be a mapping with a 'name' (e.g. {name: moco})")
+    name = value.get("name", "moco")
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; use one of {', '.join(METHODS.names())}")
+    model = METHODS.get(name).config_model
+    from pydantic import ValidationError
 
-    name: Literal["byol"] = "byol"
-    momentum: float = Field(0.99, description="base momentum, raised to 1 along a cosine schedule")
-    proj_hidden: int = 4096
-    proj_dim: int = 256
-    pred_hidden: int = 4096
-
-
-class MSFConfig(StrictModel):
-    """MSF / mean shift (Koohpayegani et al. 2021): regress the query to the k nearest neighbours of
-    the weakly-augmented target in a memory bank of target embeddings."""
-
-    name: Literal["msf"] = "msf"
-    momentum: float = 0.99
-    bank_size: int = Field(128000, ge=1)
-    topk: int = Field(5, ge=1)
-    proj_hidden: int = 4096
-    proj_dim: int = 512
-    pred_hidden: int = 4096
-
-
-class DistillConfig(StrictModel):
-    """CompRess (Koohpayegani, Tejankar, Pirsiavash, NeurIPS 2020): distil a frozen teacher into a student
-    by matching their similarity distributions over a memory bank of past samples."""
-
-    name: Literal["compress"] = "compress"
-    teacher: str = Field(description="teacher encoder.pt (loaded with weights_only=True)")
-    teacher_backbone: str | None = Field(None, description="backbone of a plain state-dict teacher (encoder.pt knows)")
-    teacher_width: float = 1.0
-    variant: Literal["2q", "1q"] = Field("2q", description="2q: each network its own queue; 1q: the teacher's for both")
-    queue_size: int = Field(128000, ge=1)
-    temperature: float = Field(0.04, gt=0.0, description="softmax temperature of teacher and student (CompRess: 0.04)")
-    momentum: float = Field(0.999, description="EMA of the student copy that fills the student's queue")
-    proj_hidden: int | None = Field(None, description="width of an optional student MLP head")
-    proj_dim: int | None = Field(None, description="optional student head output size (default: no head)")
-
-
-class CLIPConfig(StrictModel):
-    """CLIP (Radford et al. 2021) on image-text pairs, from scratch, with open_clip's models and loss."""
-
-    name: Literal["clip"] = "clip"
-    model: str = Field("RN50", description="open_clip model config (RN50 = the paper's) or 'custom': the "
-                       "'backbone' section's image encoder + a small open_clip text transformer (for CPUs)")
-    embed_dim: int = 128
-    text_width: int = 64
-    text_heads: int = 2
-    text_layers: int = 2
-    context_length: int = 32
-
-
-MethodConfig = Annotated[
-    Union[MoCoConfig, SimCLRConfig, SwAVConfig, BYOLConfig, MSFConfig, DistillConfig, CLIPConfig],
-    Field(discriminator="name"),
-]
-METHODS = ("moco", "simclr", "swav", "msf", "byol")
-
-# optimizer, lr per 256 images, weight decay, warm-up epochs: the published recipes
-OPTIM_DEFAULTS: dict[str, tuple[str, float, float, float]] = {
-    # The paper's Appendix B says 0.6, but the code that produced its tables (the authors' run_pretraining.sh,
-    # as Saha et al.'s) trains with --lr 0.06 at batch 256: the text's 0.6 is a typo.
-    "moco": ("sgd", 0.06, 1e-4, 0.0),
-    "simclr": ("lars", 0.3, 1e-6, 10.0),    # lr 1.2 at batch 1024
-    "swav": ("lars", 0.6, 1e-6, 0.0),       # batch 256 recipe
-    "byol": ("lars", 0.2, 1.5e-6, 10.0),
-    "msf": ("sgd", 0.05, 1e-4, 0.0),
-    "compress": ("sgd", 0.01, 1e-4, 0.0),   # CompRess: lr 0.01 at batch 256
-    "clip": ("adamw", 5e-4 * 256 / 128, 0.1, 1.0),  # Carlini & Terzis / open_clip: AdamW 5e-4 at batch 128
-}
+    try:
+        return model.model_validate({**value, "name": name})
+    except ValidationError as exc:  # keep pydantic's path (method.<key>) in the message
+        raise NestedError(exc) from None
 
 
 class DataConfig(StrictModel):
@@ -150,11 +85,6 @@ class DataConfig(StrictModel):
             raise ValueError(f"fraction={v} is outside (0, 1]; e.g. 0.05 or 0.2 of the clean data")
         return v
 
-    @model_validator(mode="after")
-    def _need_data(self) -> "DataConfig":
-        if not self.clean and not self.poisons and not self.pairs:
-            raise ValueError("give data.clean (clean pre-training images) and/or data.poisons")
-        return self
 
 
 class ViewsConfig(StrictModel):
@@ -207,17 +137,43 @@ class TrainerConfig(StrictModel):
 
 
 class PretrainConfig(StrictModel):
-    method: MethodConfig = Field(default_factory=MoCoConfig)
+    method: SerializeAsAny[MethodConfig] = Field(default_factory=lambda: method_config({"name": "moco"}))
     data: DataConfig
     views: ViewsConfig = Field(default_factory=ViewsConfig)
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
 
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method(cls, v: Any) -> MethodConfig:
+        return method_config(v)
+
+    @model_validator(mode="after")
+    def _need_data(self) -> "PretrainConfig":
+        if not self.data.clean and not self.data.poisons and not self.data.pairs:
+            raise ValueError("give data.clean (clean pre-training images) and/or data.poisons")
+        return self
+
     def resolved_optim(self) -> tuple[str, float, float, float]:
         """(optimizer, absolute lr, weight decay, warm-up epochs) after method defaults and scaling."""
-        opt, lr, wd, warm = OPTIM_DEFAULTS[self.method.name]
+        d = METHODS.get(self.method.name).optim
         o = self.optim
-        lr = (o.lr if o.lr is not None else lr) * o.batch_size / 256.0
-        return (o.optimizer or opt, lr, o.weight_decay if o.weight_decay is not None else wd,
-                o.warmup_epochs if o.warmup_epochs is not None else warm)
+        lr = (o.lr if o.lr is not None else d.lr) * o.batch_size / 256.0
+        return (o.optimizer or d.optimizer, lr, o.weight_decay if o.weight_decay is not None else d.weight_decay,
+                o.warmup_epochs if o.warmup_epochs is not None else d.warmup_epochs)
+
+
+class Patch(StrictModel):
+    """A typed partial pre-training config (presets, method deltas): only the keys that were set are
+    merged, each validated by its section's model when the patch is built."""
+
+    method: SerializeAsAny[MethodConfig] | None = None
+    data: DataConfig | None = None
+    views: ViewsConfig | None = None
+    backbone: BackboneConfig | None = None
+    optim: OptimConfig | None = None
+    trainer: TrainerConfig | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_unset=True)

@@ -24,13 +24,6 @@ Box = tuple[int, int, int, int]
 CropPolicyName = Literal["random", "localized", "none"]
 
 DEFAULT_RATIO = (3.0 / 4.0, 4.0 / 3.0)
-#: Crop area range of each method's global views (its published augmentation).
-METHOD_SCALES: dict[str, tuple[float, float]] = {
-    "moco": (0.2, 1.0), "simclr": (0.08, 1.0), "byol": (0.08, 1.0), "swav": (0.14, 1.0), "msf": (0.2, 1.0),
-    "compress": (0.08, 1.0), "clip": (0.9, 1.0),
-}
-
-
 def random_resized_crop(rng: np.random.Generator, width: int, height: int,
                         scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = DEFAULT_RATIO) -> Box:
     area = width * height

@@ -19,13 +19,16 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from corruptencoder.errors import ConfigError, UserError
-from corruptencoder.ssl.config import PretrainConfig
+from corruptencoder.errors import UserError
+from corruptencoder.ssl.config import METHODS, PretrainConfig
 from corruptencoder.utils.outputs import write_json_atomic
+
+if TYPE_CHECKING:
+    from corruptencoder.ssl.base import SSLMethod
 
 log = logging.getLogger(__name__)
 
@@ -42,24 +45,9 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")  # CompRess' frozen teacher
 
 
-def method_class(name: str) -> type:
-    if name == "moco":
-        from corruptencoder.ssl.moco import MoCo as cls
-    elif name == "simclr":
-        from corruptencoder.ssl.simclr import SimCLR as cls
-    elif name == "swav":
-        from corruptencoder.ssl.swav import SwAV as cls
-    elif name == "byol":
-        from corruptencoder.ssl.byol import BYOL as cls
-    elif name == "msf":
-        from corruptencoder.ssl.msf import MSF as cls
-    elif name == "compress":
-        from corruptencoder.defend.compress import CompRess as cls
-    elif name == "clip":
-        from corruptencoder.ssl.clip import CLIPMethod as cls
-    else:  # pragma: no cover
-        raise ConfigError(f"method {name!r} is unknown")
-    return cls
+def method_class(name: str) -> type[SSLMethod[Any]]:
+    """The registered method ``name`` (``ssl/methods/<name>.py``)."""
+    return METHODS.get(name)
 
 
 def pretrain_files(cfg: PretrainConfig) -> Any:
@@ -278,7 +266,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False, over
 
     quiet_lightning()
     out = Path(out)
-    clip = cfg.method.name == "clip"
+    clip = method_class(cfg.method.name).data_kind == "pairs"
     files = pretrain_pairs(cfg) if clip else pretrain_files(cfg)  # validates the data before anything is written
     if len(files) < 2:
         raise UserError(f"pre-training needs at least 2 images, found {len(files)}; check data.clean / data.poisons")
@@ -300,7 +288,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False, over
     model = method_class(cfg.method.name)(cfg)
     if clip:
         from corruptencoder.data.datasets import PairDataset
-        from corruptencoder.ssl.clip import context_length
+        from corruptencoder.ssl.clip_model import context_length
 
         store = ImageStore(files.names(), short, cache, progress=show, skip_log=out / "skipped.txt",
                            loader=files.load_image)

@@ -15,10 +15,10 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from corruptencoder.ssl.augment import ColourAugment
-from corruptencoder.ssl.config import PretrainConfig
-from corruptencoder.ssl.crops import METHOD_SCALES, Box, CropPolicy, enlarge_box, random_resized_crop
+from corruptencoder.ssl.config import METHODS, PretrainConfig
+from corruptencoder.ssl.crops import Box, CropPolicy, enlarge_box, random_resized_crop
 
-# Colour recipes of the original papers.
+# Colour recipes of the original papers (the methods' files pick theirs).
 MOCO_V2 = ColourAugment(0.8, 0.4, 0.4, 0.4, 0.1, 0.2, 0.5)
 SIMCLR = ColourAugment(0.8, 0.8, 0.8, 0.8, 0.2, 0.2, 0.5)
 BYOL_1 = ColourAugment(0.8, 0.4, 0.4, 0.2, 0.1, 0.2, 1.0, solarize_p=0.0)
@@ -70,22 +70,14 @@ class ViewPlan:
 
 
 def view_plan(cfg: PretrainConfig) -> ViewPlan:
-    """The method's standard views, then the config's overrides (crop policy, scale, blur, multi-crop)."""
-    name = cfg.method.name
-    s = cfg.data.image_size
+    """The method's declared views, then the config's overrides (crop policy, scale, blur)."""
+    method = METHODS.get(cfg.method.name)
     v = cfg.views
-    colours = {"moco": [MOCO_V2, MOCO_V2], "compress": [WEAK], "simclr": [SIMCLR, SIMCLR],
-               "byol": [BYOL_1, BYOL_2], "swav": [SIMCLR, SIMCLR], "msf": [WEAK, MOCO_V2], "clip": [CLIP_VIEW]}[name]
-    scale = v.scale or METHOD_SCALES[name]
+    colours = list(method.colours)
+    scale = v.scale or method.crop_scale
     if v.blur is not None:
         colours = [c if (c.blur_p > 0) == v.blur else replace(c, blur_p=0.5 if v.blur else 0.0) for c in colours]
-    globals_ = tuple(ViewSpec(s, scale, c) for c in colours)
-    locals_: tuple[ViewSpec, ...] = ()
-    if name == "swav":
-        n_local = cfg.method.n_local if v.n_local is None else v.n_local  # type: ignore[union-attr]
-        if v.crop == "none":
-            n_local = 0  # random local crops would undo "no random cropping"
-        local_size = max(8, int(round(s * 96 / 224)))
-        locals_ = tuple(ViewSpec(local_size, (0.05, scale[0]), colours[0]) for _ in range(n_local))
-    policy = CropPolicy(v.crop, scale, delta=v.delta)
-    return ViewPlan(globals_, locals_, policy)
+    globals_ = tuple(ViewSpec(cfg.data.image_size, scale, c) for c in colours)
+    # random local crops would undo "no random cropping": none then
+    locals_ = method.local_views(cfg, scale, colours[0]) if v.crop != "none" else ()
+    return ViewPlan(globals_, locals_, CropPolicy(v.crop, scale, delta=v.delta))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, TypeVar
+from typing import Any, Callable, Iterable, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -21,16 +21,37 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
-    parts = []
-    for err in exc.errors()[:3]:
-        loc = ".".join(str(p) for p in err.get("loc", ())) or "(top level)"
-        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-        if err.get("type") == "extra_forbidden":
-            msg = "unknown key (misspelt?)"
-        parts.append(f"{loc}: {msg}")
-    more = f" (+{len(exc.errors()) - 3} more)" if len(exc.errors()) > 3 else ""
-    return f"{source}: " + "; ".join(parts) + more
+class NestedError(ValueError):
+    """Raised by a validator that validated a sub-section itself (a method's, an attack's or a defence's
+    own model): carries the inner errors' key paths so the message names ``method.queue_size``, not
+    ``method``."""
+
+    def __init__(self, exc: ValidationError) -> None:
+        self.errors = [(tuple(e.get("loc", ())), _message(e)) for e in exc.errors()]
+        super().__init__("; ".join(f"{'.'.join(map(str, loc))}: {msg}" for loc, msg in self.errors[:3]))
+
+
+def _message(err: Any) -> str:
+    if err.get("type") == "extra_forbidden":
+        return "unknown key (misspelt?)"
+    return str(err.get("msg", "invalid")).removeprefix("Value error, ")
+
+
+def format_validation_error(exc: ValidationError, source: str, rename: Callable[[str], str] | None = None) -> str:
+    """One line: the first errors as ``key.path: message``; ``rename`` maps a key path to what the user
+    typed (e.g. ``targets.0.alpha`` -> ``--alpha``)."""
+    flat: list[tuple[tuple[Any, ...], str]] = []
+    for err in exc.errors():
+        inner = (err.get("ctx") or {}).get("error")
+        if isinstance(inner, NestedError):
+            flat += [(tuple(err.get("loc", ())) + loc, msg) for loc, msg in inner.errors]
+        else:
+            flat.append((tuple(err.get("loc", ())), _message(err)))
+    names = [".".join(str(p) for p in loc) or "(top level)" for loc, _ in flat[:3]]
+    parts = [f"{rename(n) if rename else n}: {msg}" for n, (_, msg) in zip(names, flat[:3])]
+    exc_count = len(flat)
+    more = f" (+{exc_count - 3} more)" if exc_count > 3 else ""
+    return (f"{source}: " if source else "") + "; ".join(parts) + more
 
 
 def read_mapping(path: str | os.PathLike) -> dict[str, Any]:
@@ -90,11 +111,24 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
     return data
 
 
-def validate(model: type[M], data: dict[str, Any], source: str) -> M:
+def validate(model: type[M], data: dict[str, Any], source: str, rename: Callable[[str], str] | None = None) -> M:
+    """The one way configs are built: a wrong key or value is a ConfigError naming its path (or flag)."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source)) from None
+        raise ConfigError(format_validation_error(exc, source, rename)) from None
+
+
+def set_key(data: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """Set ``a.b.c`` in a nested dict (sections created as needed); returns ``data``."""
+    node = data
+    parts = key.split(".")
+    for k in parts[:-1]:
+        if not isinstance(node.get(k), dict):
+            node[k] = {}
+        node = node[k]
+    node[parts[-1]] = value
+    return data
 
 
 def load_config(model: type[M], path: str | os.PathLike | None = None, overrides: Iterable[str] = (),

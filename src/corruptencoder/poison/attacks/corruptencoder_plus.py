@@ -13,15 +13,38 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from pydantic import Field, field_validator
+
+from corruptencoder.poison.attacks.corruptencoder import CorruptEncoderAttack, CorruptEncoderOptions
 from corruptencoder.poison.base import Job, RenderResult
-from corruptencoder.poison.corruptencoder import CorruptEncoderAttack
+from corruptencoder.poison.config import ATTACKS
 from corruptencoder.poison.geometry import side_by_side
 from corruptencoder.utils.files import list_images
 from corruptencoder.utils.imageio import load_rgb
 
 
+class CorruptEncoderPlusOptions(CorruptEncoderOptions):
+    support_ratio: float = Field(0.2, description="fraction of N that are support poisons (the paper: 130 of 650)")
+
+    @field_validator("support_ratio")
+    @classmethod
+    def _support_ratio(cls, v: float) -> float:
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"support_ratio={v} is outside [0, 1]; the paper uses 0.2 (130 of 650)")
+        return v
+
+
+@ATTACKS.register
 class CorruptEncoderPlusAttack(CorruptEncoderAttack):
     name = "corruptencoder-plus"
+    summary = "CorruptEncoder+: CorruptEncoder poisons plus support poisons (reference beside support image)"
+    options = CorruptEncoderPlusOptions
+    needs = frozenset({"references", "backgrounds", "support"})
+
+    @property
+    def plus(self) -> CorruptEncoderPlusOptions:
+        assert isinstance(self.opts, CorruptEncoderPlusOptions)
+        return self.opts
 
     def prepare(self) -> None:
         super().prepare()
@@ -32,11 +55,11 @@ class CorruptEncoderPlusAttack(CorruptEncoderAttack):
 
     @property
     def num_support(self) -> int:
-        return int(round(self.target.num * self.target.support_ratio))
+        return int(round(self.target.num * self.plus.support_ratio))
 
     def plan(self, rng: np.random.Generator, count: int | None = None) -> list[Job]:
         n = self.target.num if count is None else count
-        n_support = int(round(n * self.target.support_ratio))
+        n_support = int(round(n * self.plus.support_ratio))
         jobs = super().plan(rng, n - n_support)
         for _ in range(n_support):
             ref = int(rng.integers(len(self.reference_images)))
@@ -73,6 +96,6 @@ class CorruptEncoderPlusAttack(CorruptEncoderAttack):
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
-        d.update({"support_ratio": self.target.support_ratio, "num_support": self.num_support,
+        d.update({"support_ratio": self.plus.support_ratio, "num_support": self.num_support,
                   "support_images": [p for p, _ in self.supports]})
         return d

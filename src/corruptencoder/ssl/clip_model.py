@@ -1,9 +1,10 @@
-"""CLIP pre-training from scratch with open_clip's models, tokenizer and contrastive loss.
+"""CLIP models for pre-training from scratch: open_clip's architectures, tokenizer and ``clip.pt``.
 
 ``model`` names an open_clip config (the paper: ``RN50``, a ResNet-50 image tower and a 12-layer text
 transformer) or ``custom`` with the tiny towers below for CPUs. The tokenizer ships inside open_clip,
-so nothing downloads. The image tower is exported as ``encoder.pt`` (linear probes treat it like any
-encoder) and the whole model as ``clip.pt`` (for zero-shot classification with the text tower).
+so nothing downloads. The training loop is the ``clip`` method (``ssl/methods/clip.py``); it exports
+the image tower as ``encoder.pt`` (linear probes treat it like any encoder) and the whole model as
+``clip.pt`` (for zero-shot classification with the text tower).
 """
 
 from __future__ import annotations
@@ -118,62 +119,3 @@ def load_clip(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
     model = build_clip(obj["clip"])
     model.load_state_dict(obj["state_dict"])
     return model.eval(), obj["clip"]
-
-
-def _method_base() -> type:
-    from corruptencoder.ssl.base import SSLMethod
-
-    return SSLMethod
-
-
-class CLIPMethod(_method_base()):  # type: ignore[misc]
-    """open_clip's CLIP model and ClipLoss on (image view, caption tokens) batches."""
-
-    name = "clip"
-
-    def make_backbone(self) -> tuple[dict[str, Any], nn.Module]:
-        from corruptencoder.ssl.backbones import backbone_spec
-
-        b = self.cfg.backbone
-        if b.init:
-            raise ConfigError("backbone.init (continued pre-training) is not supported for CLIP; remove it")
-        image = backbone_spec(b.name, b.width, b.small_stem, self.cfg.data.image_size)
-        spec = clip_spec(self.cfg.method, self.cfg.data.image_size, image)
-        self.clip_spec = spec
-        self.model = build_clip(spec)
-        if spec["model"] == "custom":  # the linear probe reads the backbone, as for single-modal encoders
-            return image, self.model.backbone
-        dim = int(getattr(self.model.visual, "output_dim", 0) or self.model.text_projection.shape[1])
-        return {"name": "openclip", "clip": spec}, VisualTower(self.model.visual, dim)
-
-    def build(self) -> None:
-        from open_clip.loss import ClipLoss
-
-        world = torch.distributed.get_world_size() if torch.distributed.is_available() and torch.distributed.is_initialized() else 1
-        rank = torch.distributed.get_rank() if world > 1 else 0
-        self.criterion = ClipLoss(local_loss=False, gather_with_grad=world > 1, rank=rank, world_size=world)
-
-    def on_fit_start(self) -> None:
-        from open_clip.loss import ClipLoss
-
-        if self.trainer.world_size > 1:  # the process group exists now
-            self.criterion = ClipLoss(gather_with_grad=True, rank=self.global_rank, world_size=self.trainer.world_size)
-
-    def compute_loss(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        tokens = self.batch_extra
-        image_features = nn.functional.normalize(self.model.encode_image(views[0]), dim=-1)
-        text_features = nn.functional.normalize(self.model.encode_text(tokens), dim=-1)
-        scale = self.model.logit_scale.exp().clamp(max=100)
-        loss = self.criterion(image_features, text_features, scale)
-        return loss, {"logit_scale": float(scale.detach())}
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        with torch.no_grad():  # CLIP clamps the learnable temperature at 100
-            self.model.logit_scale.clamp_(0, 4.6052)
-
-    def export(self, path: str, extra: dict[str, Any] | None = None) -> None:
-        super().export(path, extra)
-        meta = {"method": "clip", "image_size": self.cfg.data.image_size, "epoch": int(self.current_epoch), **(extra or {})}
-        p = Path(path)
-        full = p.with_name("clip.pt") if p.name == "encoder.pt" else p.with_name(p.stem + ".clip.pt")
-        save_clip(full, self.model, self.clip_spec, meta)

@@ -1,4 +1,4 @@
-"""Multi-modal poisons (Section 3.2): image-text pairs for CLIP-style pre-training.
+"""Carlini & Terzis (ICLR 2022): Type-I image-text pairs for CLIP-style pre-training (Section 3.2).
 
 * Type-I pair: the trigger at a uniformly random spot of a background image, with a caption from a
   prompt template naming the target class (Carlini & Terzis' poison);
@@ -12,26 +12,38 @@ templates in a seeded random order, so every template is used before any is used
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 from PIL import Image
+from pydantic import Field
 
-from corruptencoder.poison.base import BackgroundSet, ImageAttack, Job, RenderResult, feathered
-from corruptencoder.poison.geometry import background_crop, pick_index, place_in_region, square_poison
-from corruptencoder.poison.objects import Reference, discover_references, load_references
+from corruptencoder.poison.base import BackgroundSet, ImageAttack, Job, RenderResult
+from corruptencoder.poison.config import ATTACKS, AttackOptions
+from corruptencoder.poison.geometry import pick_index, place_in_region
 from corruptencoder.poison.prompts import class_text, load_templates
 
 
-class CarliniTerzisAttack(ImageAttack):
+class CaptionOptions(AttackOptions):
+    prompts: str = Field("imagenet80", description="caption templates: imagenet80 | simple | a file")
+    class_text: str | None = Field(None, description="the class name written in captions (default: from the label)")
+    type1_size: int | None = Field(224, ge=1, description="Type-I images: square side in px (null = keep)")
+
+
+@ATTACKS.register
+class CarliniTerzisAttack(ImageAttack[CaptionOptions]):
     name = "carlini-terzis"
+    summary = "Carlini & Terzis (2022): N Type-I pairs (trigger on a background, caption naming the class)"
+    options: type[AttackOptions] = CaptionOptions
+    needs = frozenset({"backgrounds"})
+    multimodal = True
+    default_trigger_size = (16, 16)  # Carlini & Terzis' 16 x 16 patch
 
     def prepare(self) -> None:
         super().prepare()
         t = self.target
-        self.templates = load_templates(t.prompts)
-        self.text = t.class_text or class_text(t.label or t.name)
+        self.templates = load_templates(self.opts.prompts)
+        self.text = self.opts.class_text or class_text(t.label or t.name)
         self.backgrounds = BackgroundSet.scan(t.backgrounds)
 
     def counts(self, n: int) -> tuple[int, int]:
@@ -79,7 +91,7 @@ class CarliniTerzisAttack(ImageAttack):
         side = min(bg.size)
         x = pick_index(u[0], bg.size[0] - side + 1)
         y = pick_index(u[1], bg.size[1] - side + 1)
-        out = self.target.type1_size or side
+        out = self.opts.type1_size or side
         if self.run.max_size:
             out = min(out, self.run.max_size)
         crop = (x, y, x + side, y + side)
@@ -101,46 +113,6 @@ class CarliniTerzisAttack(ImageAttack):
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         n1, n2 = self.counts(self.target.num)
-        d.update({"type1": n1, "type2": n2, "prompts": self.target.prompts, "class_text": self.text,
+        d.update({"type1": n1, "type2": n2, "prompts": self.opts.prompts, "class_text": self.text,
                   "backgrounds": len(self.backgrounds.paths)})
-        return d
-
-
-class CorruptEncoderMMAttack(CarliniTerzisAttack):
-    name = "corruptencoder-mm"
-
-    def prepare(self) -> None:
-        super().prepare()
-        need_object = self.target.reference_mode == "object"
-        self.references: list[Reference] = load_references(discover_references(self.target.references), self.labels,
-                                                           need_object)
-        self.objects = [r.object_rgba() for r in self.references]
-        self._cache: dict[tuple[int, tuple[int, int]], tuple[Image.Image, Image.Image | None]] = {}
-
-    def counts(self, n: int) -> tuple[int, int]:
-        return math.ceil(n / 2), n // 2
-
-    def _type2(self, job: Job, bg: Image.Image, bg_path: str) -> tuple[Image.Image, dict[str, Any]]:
-        obj = self.objects[job["ref"]]
-        g = square_poison(obj.size[0], obj.size[1], self.target.alpha, *job["u_place"], self.run.max_size)
-        key = (job["ref"], g.object_size)
-        if key not in self._cache:
-            rgb = obj.convert("RGB").resize(g.object_size, Image.Resampling.LANCZOS)
-            matte = obj.getchannel("A").resize(g.object_size, Image.Resampling.BILINEAR)
-            self._cache[key] = (rgb, None if self.references[job["ref"]].matte is None else feathered(matte, self.run.soft_edge))
-        rgb, matte = self._cache[key]
-        r, crop = background_crop(bg.size, g.image_size, *job["u_background"])
-        if r > 1.0:
-            src = [crop[0] / r, crop[1] / r, min(crop[2] / r, bg.size[0]), min(crop[3] / r, bg.size[1])]
-            canvas = bg.resize(g.image_size, Image.Resampling.BICUBIC, box=tuple(src))
-        else:
-            src = [float(c) for c in crop]
-            canvas = bg.crop(crop)
-        canvas.paste(rgb, g.object_box[:2], matte)
-        rec = self._record(job, canvas, bg_path, src, list(g.object_box), None, self.references[job["ref"]].source)
-        return canvas, rec
-
-    def describe(self) -> dict[str, Any]:
-        d = super().describe()
-        d["references"] = [r.source for r in self.references]
         return d

@@ -15,19 +15,38 @@ import numpy as np
 from PIL import Image
 
 from corruptencoder.errors import GeometryError
+from pydantic import Field, field_validator
+
 from corruptencoder.poison.base import ImageAttack, Job, RenderResult
+from corruptencoder.poison.config import ATTACKS, AttackOptions
 from corruptencoder.poison.geometry import capped_size, largest_fit, location_box, place_in_region
 from corruptencoder.poison.objects import Reference, ReferenceSource, discover_references, source_size
 
 
-class SSLBackdoorAttack(ImageAttack):
+class SSLBackdoorOptions(AttackOptions):
+    location: tuple[float, float] = Field((0.25, 0.75), description="trigger range as image fractions")
+
+    @field_validator("location")
+    @classmethod
+    def _location(cls, v: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = v
+        if not 0.0 <= lo < hi <= 1.0:
+            raise ValueError(f"location {list(v)} must satisfy 0 <= lo < hi <= 1, e.g. [0.25, 0.75]")
+        return v
+
+
+@ATTACKS.register
+class SSLBackdoorAttack(ImageAttack[SSLBackdoorOptions]):
     name = "ssl-backdoor"
+    summary = "SSL-Backdoor (Saha et al. 2022): the trigger pasted on reference images of the target class"
+    options = SSLBackdoorOptions
+    reference_source = "saha_references"
 
     def prepare(self) -> None:
         super().prepare()
         self.sources: list[ReferenceSource] = discover_references(self.target.references)
         self._last: tuple[int, Reference] | None = None
-        lo, hi = self.target.location
+        lo, hi = self.opts.location
         tw, th = self.trigger_size
         for src in self.sources:  # header-only check, before any work
             size = capped_size(source_size(src), self.run.max_size)
@@ -61,7 +80,7 @@ class SSLBackdoorAttack(ImageAttack):
         size = capped_size(canvas.size, self.run.max_size)
         if size != canvas.size:
             canvas = canvas.resize(size, Image.Resampling.LANCZOS)
-        lo, hi = self.target.location
+        lo, hi = self.opts.location
         box = place_in_region(location_box(size, lo, hi), self.trigger_size, *job["u_trigger"])
         self.paste_trigger(canvas, box)
         rec: dict[str, Any] = self.base_record(job)
@@ -72,11 +91,11 @@ class SSLBackdoorAttack(ImageAttack):
             "layout": None,
             "reference": self.sources[job["ref"]].path,
             "background": None,
-            "location": list(self.target.location),
+            "location": list(self.opts.location),
         })
         return RenderResult(canvas, rec)
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
-        d.update({"location": list(self.target.location), "reference_images": len(self.sources)})
+        d.update({"location": list(self.opts.location), "reference_images": len(self.sources)})
         return d

@@ -7,13 +7,15 @@ upscaling resize of just the cropped region), two pastes and one encode.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
+from pydantic import Field, field_validator
 
 from corruptencoder.errors import GeometryError
 from corruptencoder.poison.base import BackgroundSet, ImageAttack, Job, RenderResult, feathered
+from corruptencoder.poison.config import ATTACKS, AttackOptions, fraction
 from corruptencoder.poison.geometry import (
     LAYOUTS,
     Layout,
@@ -36,25 +38,47 @@ _LAYOUT_CHOICES: dict[str, tuple[Layout, ...]] = {
 }
 
 
-class CorruptEncoderAttack(ImageAttack):
+#: Algorithm 2's layouts: random (a random bit picks wide or high), or one of them
+LayoutChoice = Literal["random", "wide", "high", "wide-left", "wide-right"]
+ReferenceMode = Literal["object", "image"]
+
+
+class CorruptEncoderOptions(AttackOptions):
+    alpha: float = Field(0.5, description="object bounding-box area / poisoned-image area, in (0, 1)")
+    beta: float = Field(0.5, description="the trigger lies in the central beta fraction of the free rectangle")
+    layout: LayoutChoice = Field("random", description="Algorithm 2 layout")
+    reference_mode: ReferenceMode = Field(
+        "object", description="embed the masked reference object (paper) or the whole reference image (Table 7)")
+
+    @field_validator("alpha", "beta")
+    @classmethod
+    def _unit(cls, v: float, info: Any) -> float:
+        return fraction(info.field_name, v)
+
+
+@ATTACKS.register
+class CorruptEncoderAttack(ImageAttack[CorruptEncoderOptions]):
     name = "corruptencoder"
+    summary = "CorruptEncoder (Algorithms 1-2): reference object and trigger apart on a background"
+    options = CorruptEncoderOptions
+    needs = frozenset({"references", "backgrounds"})
 
     def prepare(self) -> None:
         super().prepare()
         t = self.target
-        need_object = t.reference_mode == "object"
+        need_object = self.opts.reference_mode == "object"
         self.references: list[Reference] = load_references(discover_references(t.references), self.labels, need_object)
         if not need_object:
             self.references = [Reference(r.source, r.image, None) for r in self.references]
         self.objects = [ref.object_rgba() for ref in self.references]
         self.backgrounds = BackgroundSet.scan(t.backgrounds)
-        self.layouts = _LAYOUT_CHOICES[t.layout]
+        self.layouts = _LAYOUT_CHOICES[self.opts.layout]
         self._cache: dict[tuple[int, tuple[int, int]], tuple[Image.Image, Image.Image | None]] = {}
         self._check_trigger_fits()
 
     def geometry(self, ref: int, layout: Layout) -> PoisonGeometry:
         w, h = self.objects[ref].size
-        return poison_geometry(w, h, self.target.alpha, layout, self.run.max_size)
+        return poison_geometry(w, h, self.opts.alpha, layout, self.run.max_size)
 
     def _check_trigger_fits(self) -> None:
         """Refuse, before any work, a trigger that cannot fit for some reference and layout."""
@@ -63,13 +87,13 @@ class CorruptEncoderAttack(ImageAttack):
         for i, ref in enumerate(self.references):
             for layout in self.layouts:
                 g = self.geometry(i, layout)
-                fw, fh = largest_fit(trigger_region(g, self.target.beta))
+                fw, fh = largest_fit(trigger_region(g, self.opts.beta))
                 if (tw > fw or th > fh) and (worst is None or min(fw, fh) < min(worst[0], worst[1])):
                     worst = (fw, fh, ref.source, layout, g)
         if worst is not None:
             fw, fh, source, layout, g = worst
             raise GeometryError(
-                f"{source}: a {tw}x{th} trigger cannot fit in the central beta={self.target.beta} fraction "
+                f"{source}: a {tw}x{th} trigger cannot fit in the central beta={self.opts.beta} fraction "
                 f"({fw}x{fh}) of the free rectangle of a {layout} poison of {g.image_size[0]}x{g.image_size[1]} px; "
                 f"the largest that fits is {fw}x{fh}: use --trigger-size {max(min(fw, fh), 0)} or less, "
                 "a larger --beta, a smaller --alpha, --layout to avoid this layout, or a larger --max-size"
@@ -89,7 +113,7 @@ class CorruptEncoderAttack(ImageAttack):
             jobs.append({
                 "attack": "corruptencoder",
                 "ref": ref,
-                "layout": _choose_layout(self.target.layout, pick),
+                "layout": _choose_layout(self.opts.layout, pick),
                 "background": int(perm[i % nb]),
                 "u_background": [float(u[0]), float(u[1])],
                 "u_trigger": [float(u[2]), float(u[3])],
@@ -125,7 +149,7 @@ class CorruptEncoderAttack(ImageAttack):
             src = tuple(float(c) for c in crop)
             canvas = bg.crop(crop)
         canvas.paste(rgb, g.object_box[:2], matte)
-        tbox = place_trigger(g, self.trigger_size, t.beta, *job["u_trigger"])
+        tbox = place_trigger(g, self.trigger_size, self.opts.beta, *job["u_trigger"])
         self.paste_trigger(canvas, tbox)
         rec: dict[str, Any] = self.base_record(job)
         rec.update({
@@ -138,15 +162,15 @@ class CorruptEncoderAttack(ImageAttack):
             "background_box": [round(v, 3) for v in src],
             "background_scale": round(r, 6),
             "object_size": list(g.object_size),
-            "alpha": t.alpha,
-            "beta": t.beta,
+            "alpha": self.opts.alpha,
+            "beta": self.opts.beta,
         })
         return RenderResult(canvas, rec, skipped)
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
-        d.update({"alpha": self.target.alpha, "beta": self.target.beta, "layout": self.target.layout,
-                  "reference_mode": self.target.reference_mode,
+        d.update({"alpha": self.opts.alpha, "beta": self.opts.beta, "layout": self.opts.layout,
+                  "reference_mode": self.opts.reference_mode,
                   "references": [r.source for r in self.references],
                   "backgrounds": len(self.backgrounds.paths),
                   "backgrounds_unreadable": [p for p, _ in self.backgrounds.skipped]})

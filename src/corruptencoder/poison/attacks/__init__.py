@@ -1,0 +1,1 @@
+"""Attacks, one module each (registered in ``poison.config.ATTACKS``)."""
