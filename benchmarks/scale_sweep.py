@@ -44,7 +44,7 @@ def figure(aggs: list[dict[str, Any]], path: Path) -> Path:
         axes[1].plot(e, [_f(r[1]["pull_delta"]) - _f(r[1]["pull_delta_clean"]) for r in rows], marker="o", label=arm)
         axes[2].plot(e, [_f(r[1]["reference_accuracy"]) for r in rows], marker="o", label=arm)
     titles = ("ASR minus no-attack ASR (points)", "feature pull minus clean encoder's", "reference accuracy (%)")
-    for ax, t in zip(axes, titles):
+    for ax, t in zip(axes, titles, strict=True):
         ax.set_title(t, fontsize=10)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

@@ -77,7 +77,8 @@ def assets(tmp_path: Path) -> dict[str, Path]:
     refs.mkdir()
     img, _ = object_scene(rng, 90, 70)
     write_labelme(refs / "1.json", img,
-                  [("dog", [[10, 10], [80, 12], [78, 60], [12, 58]]), ("nmask", [[40, 30], [50, 30], [50, 40], [40, 40]])])
+                  [("dog", [[10, 10], [80, 12], [78, 60], [12, 58]]),
+                   ("nmask", [[40, 30], [50, 30], [50, 40], [40, 40]])])
     img2, mask2 = object_scene(rng, 70, 80)
     img2.save(refs / "2.jpg", quality=95)
     Image.fromarray(mask2.astype(np.uint8) * 255, "L").save(refs / "2_mask.png")
@@ -91,7 +92,8 @@ def assets(tmp_path: Path) -> dict[str, Path]:
     return {"backgrounds": bg, "references": refs, "support": sup, "root": tmp_path}
 
 
-def class_folder(root: Path, classes: list[str], n: int, size: tuple[int, int], seed: int = 0, prefix: str = "") -> Path:
+def class_folder(root: Path, classes: list[str], n: int, size: tuple[int, int], seed: int = 0,
+                 prefix: str = "") -> Path:
     """``root/<class>/<i>.png``: noisy images whose mean brightness depends on the class."""
     rng = np.random.default_rng(seed)
     for c, cls in enumerate(classes):

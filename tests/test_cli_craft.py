@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import noise_image, write_labelme
+from conftest import noise_image
 from corruptencoder.cli import main
 
 
@@ -91,7 +91,8 @@ def test_corrupt_reference(assets: dict[str, Path], tmp_path: Path, capsys: pyte
     _nothing_written(out)
 
 
-def test_empty_mask_and_mismatched_mask(assets: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_empty_mask_and_mismatched_mask(assets: dict[str, Path], tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
     Image.fromarray(np.zeros((80, 70), np.uint8)).save(assets["references"] / "2_mask.png")
     out = tmp_path / "out"
     _fails(_craft(assets, out), capsys, "2.jpg", "mask is empty")
@@ -100,13 +101,15 @@ def test_empty_mask_and_mismatched_mask(assets: dict[str, Path], tmp_path: Path,
     _nothing_written(out)
 
 
-def test_labelme_without_named_label(assets: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_labelme_without_named_label(assets: dict[str, Path], tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
     _fails(_craft(assets, out, "--object-label", "cat"), capsys, "1.json", "no shape labelled cat", "found: dog, nmask")
     _nothing_written(out)
 
 
-def test_decompression_bomb_reference(assets: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_decompression_bomb_reference(assets: dict[str, Path], tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
     bomb = tmp_path / "bombs"
     bomb.mkdir()
     Image.new("RGBA", (11000, 9000)).save(bomb / "big.png", compress_level=1)
@@ -145,10 +148,11 @@ def test_unreadable_background_is_skipped_warned_and_counted(assets: dict[str, P
     assert not used & {"broken.jpg", "trunc.jpg"}
 
 
-def test_odd_modes_as_inputs_craft_fine(assets: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_odd_modes_as_inputs_craft_fine(assets: dict[str, Path], tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
     bg = assets["backgrounds"]
     Image.new("CMYK", (130, 100), (10, 200, 30, 0)).save(bg / "cmyk.jpg")
-    Image.fromarray((np.arange(130 * 100, dtype=np.uint16).reshape(100, 130) * 5)).save(bg / "g16.png")
+    Image.fromarray(np.arange(130 * 100, dtype=np.uint16).reshape(100, 130) * 5).save(bg / "g16.png")
     Image.new("P", (130, 100), 3).save(bg / "pal.gif")
     rot = Image.new("RGB", (100, 140), (1, 2, 3))
     exif = rot.getexif()
@@ -159,7 +163,8 @@ def test_odd_modes_as_inputs_craft_fine(assets: dict[str, Path], tmp_path: Path,
     assert json.loads((out / "craft.json").read_text())["skipped_backgrounds"] == []
 
 
-def test_config_file_with_wrong_key(assets: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_config_file_with_wrong_key(assets: dict[str, Path], tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"seed: 1\ntargets:\n  - name: dog\n    references: [{assets['references']}]\n"
                    f"    backgrounds: [{assets['backgrounds']}]\n    trigger_size: 6\n    aplha: 0.4\n")
@@ -172,15 +177,18 @@ def test_config_file_multi_target(assets: dict[str, Path], tmp_path: Path) -> No
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
         "seed: 5\nworkers: 2\ntargets:\n"
-        f"  - {{name: dog, num: 4, trigger_size: 6, references: [{assets['references']}], backgrounds: [{assets['backgrounds']}]}}\n"
-        f"  - {{name: cat, num: 3, attack: ssl-backdoor, trigger: white, trigger_size: 6, references: [{assets['references']}]}}\n")
+        f"  - {{name: dog, num: 4, trigger_size: 6, references: [{assets['references']}], "
+        f"backgrounds: [{assets['backgrounds']}]}}\n"
+        f"  - {{name: cat, num: 3, attack: ssl-backdoor, trigger: white, trigger_size: 6, "
+        f"references: [{assets['references']}]}}\n")
     out = tmp_path / "out"
     assert main(["craft", "--config", str(cfg), "--out", str(out), "--quiet", "--set", "targets.1.num=2"]) == 0
     lines = (out / "manifest.jsonl").read_text().splitlines()
     assert len(lines) == 6
 
 
-def test_missing_file_in_background_list(assets: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_file_in_background_list(assets: dict[str, Path], tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
     lst = tmp_path / "bgs.txt"
     lst.write_text("backgrounds/bg0.png\nbackgrounds/nope.jpg\n")
     out = tmp_path / "out"

@@ -13,8 +13,9 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from corruptencoder import __version__
 from corruptencoder.errors import UserError
@@ -86,19 +87,22 @@ def _add_craft(sub: Any, parents: dict[str, argparse.ArgumentParser]) -> None:
 
 
 def _cmd_craft(args: argparse.Namespace) -> int:
+    from corruptencoder.assets import BUILTIN_TARGET, resolve_builtin
     from corruptencoder.poison.config import RUN_FLAGS, TARGET_FLAGS, build_craft_config
     from corruptencoder.poison.craft import craft
     from corruptencoder.utils.cli_flags import given
 
     config = build_craft_config(args.attack, given(args, (*TARGET_FLAGS, *args.option_fields)),
                                 given(args, RUN_FLAGS), config=args.config, overrides=args.overrides,
-                                default_workers=_default_workers())
+                                default_workers=_default_workers(), resolve=resolve_builtin,
+                                default_name=BUILTIN_TARGET)
     summary = craft(config, args.out, overwrite=args.overwrite, progress=not args.quiet)
     per = ", ".join(f"{k}: {v}" for k, v in summary.per_target.items())
     print(f"crafted {summary.num} poisons ({per}) in {summary.seconds:.1f} s "
           f"({summary.per_second:.0f}/s) -> {summary.out}")
     if summary.skipped_backgrounds:
-        print(f"skipped {len(summary.skipped_backgrounds)} unreadable background(s); listed in {summary.out}/craft.json")
+        print(f"skipped {len(summary.skipped_backgrounds)} unreadable background(s); "
+              f"listed in {summary.out}/craft.json")
     return 0
 
 
@@ -130,7 +134,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 #: pretrain's shortcut flags and the config keys they set
 _PRETRAIN_FLAGS = {
-    "method": "method.name", "data": "data.clean", "pairs": "data.pairs", "classes": "data.classes", "poisons": "data.poisons",
+    "method": "method.name", "data": "data.clean", "pairs": "data.pairs", "classes": "data.classes",
+    "poisons": "data.poisons",
     "image_size": "data.image_size", "backbone": "backbone.name", "width": "backbone.width", "init": "backbone.init",
     "epochs": "optim.epochs", "batch_size": "optim.batch_size", "lr": "optim.lr", "crop": "views.crop",
     "delta": "views.delta", "devices": "trainer.devices", "accelerator": "trainer.accelerator", "seed": "trainer.seed",
@@ -198,7 +203,8 @@ def _add_analyze(sub: Any, parents: dict[str, argparse.ArgumentParser]) -> None:
         "the reference object while the other contains the trigger (split) and that one view contains both, for a "
         "poison folder's manifest boxes and/or a grid of alpha and beta; compare random crops, localized cropping "
         "and no cropping.")
-    c.add_argument("poisons", nargs="?", type=Path, help="poison folder from 'craft' (omit for the alpha/beta grid only)")
+    c.add_argument("poisons", nargs="?", type=Path,
+                   help="poison folder from 'craft' (omit for the alpha/beta grid only)")
     c.add_argument("--method", default="moco", choices=_method_names(), help="whose crop scale to use (default moco)")
     c.add_argument("--policies", nargs="+", default=["random", "localized", "none"],
                    choices=["random", "localized", "none"], help="view policies to compare")
@@ -232,7 +238,8 @@ def _cmd_analyze_crops(args: argparse.Namespace) -> int:
 
 def _add_evaluate(sub: Any, parents: dict[str, argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
-        "evaluate", help="linear probe on frozen features: CA/BA, ASR per target, diagnostics", parents=[parents["quiet"]],
+        "evaluate", help="linear probe on frozen features: CA/BA, ASR per target, diagnostics",
+        parents=[parents["quiet"]],
         description="Train a linear probe on a downstream task's train split with the encoder frozen; report "
         "accuracy (BA, and CA with --clean-encoder), ASR per target on the triggered test images (target-class "
         "images and the attacker's reference images excluded), the no-attack ASR, the reference accuracy and the "
@@ -264,6 +271,7 @@ def _add_evaluate(sub: Any, parents: dict[str, argparse.ArgumentParser]) -> None
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from corruptencoder.demo import task_from_spec
     from corruptencoder.evaluate.linear_probe import ProbeConfig
     from corruptencoder.evaluate.run import EvalSettings, evaluate_encoder, format_table, format_zero_shot
     from corruptencoder.poison.triggers import parse_size
@@ -274,9 +282,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                             location=tuple(args.location), trigger_size=parse_size(args.trigger_size),
                             batch_size=args.batch_size, device=args.device,
                             cache_dir=str(args.out / "features") if args.out else None, progress=not args.quiet)
-    result = evaluate_encoder(args.encoder, args.task, clean_encoder=args.clean_encoder, poisons=args.poisons,
-                              targets=list(zip(args.target, args.trigger)), backbone=args.backbone, width=args.width,
-                              image_size=args.image_size, settings=settings, zero_shot=args.zero_shot,
+    result = evaluate_encoder(args.encoder, task_from_spec(args.task, args.image_size),
+                              clean_encoder=args.clean_encoder, poisons=args.poisons,
+                              targets=list(zip(args.target, args.trigger, strict=True)),
+                              backbone=args.backbone, width=args.width, settings=settings, zero_shot=args.zero_shot,
                               clean_zero_shot=args.clean_zero_shot, prompts=args.prompts, out=args.out)
     print(format_table(result))
     zs = format_zero_shot(result)

@@ -8,9 +8,13 @@ split, reference objects with masks and support images of the target class, and 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 from corruptencoder.assets import cache_dir
 from corruptencoder.data.synthetic import DEFAULT_TARGET
+
+if TYPE_CHECKING:
+    from corruptencoder.evaluate.tasks import Task, TaskConfig
 
 #: The demo's target class: the world generator's default target (one definition, data/synthetic.py).
 DEMO_TARGET = DEFAULT_TARGET
@@ -36,11 +40,11 @@ def demo_world(image_size: int = 64, seed: int = 0, progress: bool = False,
     from corruptencoder.data.synthetic import WorldConfig, ensure_world
 
     merged = {**DEMO_COUNTS, **counts}
-    cfg = WorldConfig(image_size=image_size, seed=seed, object_scale=tuple(object_scale))
+    cfg = WorldConfig(image_size=image_size, seed=seed, object_scale=cast(tuple[float, float], tuple(object_scale)))
     return ensure_world(cache_dir() / "worlds", cfg, target=DEMO_TARGET, progress=progress, **merged)
 
 
-def demo_task_config(image_size: int = 32, **world: int) -> "TaskConfig":  # noqa: F821
+def demo_task_config(image_size: int = 32, **world: Any) -> "TaskConfig":
     """The demo world's labelled downstream split as a task (evaluated at ``image_size``)."""
     from corruptencoder.evaluate.tasks import TaskConfig
 
@@ -61,3 +65,14 @@ def demo_class_assets(world: Path, class_name: str) -> Path:
     counts = info.get("counts", {})
     return render_class_assets(world.parent / f"{world.name}-classes" / class_name, cfg, class_name,
                                n_references=int(counts.get("references", 3)), n_support=int(counts.get("support", 5)))
+
+
+def task_from_spec(spec: str, image_size: int | None = None) -> "Task":
+    """A downstream task from a task YAML, or 'demo' for the demo world's labelled split."""
+    from corruptencoder.evaluate.tasks import TaskConfig, load_task
+    from corruptencoder.utils.config import load_config
+
+    cfg = demo_task_config() if spec == "demo" else load_config(TaskConfig, spec)
+    if image_size:
+        cfg = cfg.model_copy(update={"image_size": image_size})
+    return load_task(cfg)

@@ -97,7 +97,7 @@ def test_determinism_same_seed_same_bytes_different_seed_differs() -> None:
 
     a, b, c = draw(5), draw(5), draw(6)
     assert a == b
-    assert all(x != y for x, y in zip(a[::2], c[::2]))
+    assert all(x != y for x, y in zip(a[::2], c[::2], strict=True))
 
 
 def test_scene_mask_is_exact_alpha_matte() -> None:
@@ -265,7 +265,8 @@ def test_world_splits_disjoint(tiny_world: tuple[Path, dict]) -> None:
         for p in (out / sub).rglob("*.png")
         if not p.name.endswith("_mask.png")
     }
-    ref_support = {_sha(p) for sub in ("references", "support") for p in (out / sub).rglob("*.png") if "_mask" not in p.name}
+    ref_support = {_sha(p) for sub in ("references", "support") for p in (out / sub).rglob("*.png")
+                   if "_mask" not in p.name}
     train = {_sha(p) for p in (out / "downstream" / "train").rglob("*.png")}
     assert len(test) == 2 * len(TINY_CLASSES)
     assert not test & others
@@ -278,7 +279,8 @@ def test_world_deterministic_and_independent_of_other_counts(tmp_path: Path, tin
     other = generate_world(tmp_path / "again", cfg, target="fish", **{**TINY, "n_pretrain": 0, "n_backgrounds": 1})
     assert other["counts"]["pretrain"] == {c: 0 for c in TINY_CLASSES}
     assert not (tmp_path / "again" / "pretrain").exists()
-    for rel in ("downstream/test/car/00001.png", "references/fish/2.png", "references/fish/2_mask.png", "backgrounds/00000.png"):
+    for rel in ("downstream/test/car/00001.png", "references/fish/2.png", "references/fish/2_mask.png",
+                "backgrounds/00000.png"):
         assert _sha(tmp_path / "again" / rel) == _sha(out / rel)
     generate_world(tmp_path / "seed4", WorldConfig(image_size=32, seed=4, classes=TINY_CLASSES), target="fish", **TINY)
     assert _sha(tmp_path / "seed4" / "downstream/test/car/00001.png") != _sha(out / "downstream/test/car/00001.png")
@@ -289,7 +291,8 @@ def test_refuses_existing_nonempty_folder(tmp_path: Path) -> None:
     out.mkdir()
     (out / "keep.txt").write_text("x")
     cfg = WorldConfig(image_size=16, classes=("sun", "star"))
-    small = dict(n_pretrain=2, n_train_per_class=1, n_test_per_class=1, target="sun", n_references=1, n_support=0, n_backgrounds=0)
+    small = dict(n_pretrain=2, n_train_per_class=1, n_test_per_class=1, target="sun", n_references=1, n_support=0,
+                 n_backgrounds=0)
     with pytest.raises(UserError, match="overwrite"):
         generate_world(out, cfg, **small)
     assert (out / "keep.txt").exists()

@@ -11,10 +11,10 @@ from PIL import Image
 
 from conftest import random_encoder
 from corruptencoder.cli import main
-from corruptencoder.ssl.methods.compress import compress_loss
-from corruptencoder.ssl.backbones import backbone_spec, build_backbone
+from corruptencoder.ssl.backbones import build_backbone
 from corruptencoder.ssl.config import PretrainConfig
-from corruptencoder.ssl.encoder import load_encoder, save_encoder
+from corruptencoder.ssl.encoder import load_encoder
+from corruptencoder.ssl.methods.compress import compress_loss
 from corruptencoder.ssl.train import pretrain, pretrain_files
 
 
@@ -54,7 +54,8 @@ def nn_agreement(a: torch.Tensor, b: torch.Tensor, k: int = 5) -> float:
         s.fill_diagonal_(-2)
         return s.topk(k, dim=1).indices
     ka, kb = knn(a), knn(b)
-    return float(sum(len(set(x.tolist()) & set(y.tolist())) for x, y in zip(ka, kb)) / (k * len(ka)))
+    shared = sum(len(set(x.tolist()) & set(y.tolist())) for x, y in zip(ka, kb, strict=True))
+    return float(shared / (k * len(ka)))
 
 
 def features(model: torch.nn.Module, files: list[Path]) -> torch.Tensor:
@@ -104,7 +105,8 @@ def test_clean_subset_never_holds_poisons_and_is_seeded(data: Path, teacher: Pat
           "references": [str(assets["references"])], "backgrounds": [str(assets["backgrounds"])]}]}),
           poisons, progress=False)
     mixed = tmp_path / "mixed.txt"  # a defender's list that (wrongly) contains the poisons too
-    mixed.write_text("".join(f"{p}\n" for p in sorted(data.rglob("*.png")) + sorted((poisons / "images").rglob("*.png"))))
+    mixed.write_text("".join(f"{p}\n"
+                             for p in sorted(data.rglob("*.png")) + sorted((poisons / "images").rglob("*.png"))))
     a = pretrain_files(distill_cfg(mixed, teacher, fraction=0.5, exclude=[str(poisons)]))
     b = pretrain_files(distill_cfg(mixed, teacher, fraction=0.5, exclude=[str(poisons)]))
     c = pretrain_files(distill_cfg(mixed, teacher, fraction=0.5, exclude=[str(poisons)], seed=1))
@@ -120,7 +122,8 @@ def test_bad_teacher_and_fraction_one_line(tmp_path: Path, teacher: Path, data: 
     code = main(["defend", "compress", "--teacher", str(plain), "--teacher-backbone", "resnet18", "--data", str(data),
                  "--out", str(out), "--quiet"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and "do not fit backbone resnet18" in err and "features.0.weight" in err
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "do not fit backbone resnet18" in err and "features.0.weight" in err
     for bad in ("0", "1.5", "-0.1"):
         code = main(["defend", "compress", "--teacher", str(teacher), "--data", str(data), "--fraction", bad,
                      "--out", str(out), "--quiet"])

@@ -18,8 +18,8 @@ from corruptencoder.evaluate.metrics import accuracy, attack_success_rate, featu
 from corruptencoder.evaluate.run import EvalSettings, EvalTarget, Scorer, evaluate, exclude_references
 from corruptencoder.evaluate.tasks import TaskConfig, load_task
 from corruptencoder.evaluate.triggered import TriggerPaste
-from corruptencoder.ssl.backbones import backbone_spec, build_backbone
-from corruptencoder.ssl.encoder import load_encoder, save_encoder
+from corruptencoder.ssl.backbones import backbone_spec
+from corruptencoder.ssl.encoder import load_encoder
 
 CLASSES = ["cat", "dog", "fish"]
 
@@ -45,7 +45,8 @@ def test_asr_counts_only_non_target_images() -> None:
     assert target_rate(torch.tensor([2, 2, 0, 1]), 2) == 50.0
 
 
-def test_always_target_classifier_gives_100(task_root: Path, encoder_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_always_target_classifier_gives_100(task_root: Path, encoder_file: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     task = load_task(TaskConfig(root=str(task_root), image_size=16))
     scorer = Scorer(encoder_file, task, EvalSettings())
     dim = scorer.encoder.out_dim

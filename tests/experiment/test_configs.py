@@ -9,7 +9,8 @@ import pytest
 from corruptencoder.experiment.config import load_experiment
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = sorted((ROOT / "configs").rglob("*.yaml")) + sorted((ROOT / "src" / "corruptencoder" / "configs").glob("*.yaml"))
+CONFIGS = (sorted((ROOT / "configs").rglob("*.yaml"))
+           + sorted((ROOT / "src" / "corruptencoder" / "configs").glob("*.yaml")))
 ENV = ("IMAGENET_ROOT", "CE_ASSETS", "CE_REFERENCES", "PETS_ROOT", "FLOWERS_ROOT", "CALTECH_ROOT", "CC3M_PAIRS")
 
 

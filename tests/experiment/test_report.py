@@ -43,9 +43,8 @@ def test_multimodal_checks_compare_with_carlini_terzis() -> None:
 
 
 def test_defence_table_has_one_row_per_defence_with_distillation_time() -> None:
-    from corruptencoder.experiment.report import defence_table
-
     from corruptencoder.defend.base import make_defence
+    from corruptencoder.experiment.report import defence_table
 
     def row(arm: str, attack: str, defence: str, acc: float, asr: float, secs: float,
             args: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -164,7 +164,7 @@ def test_continued_pretraining_arm_starts_both_encoders_from_the_base_arm(tmp_pa
     assert counts(run) == {"craft": 1, "pretrain": 3, "evaluate": 2}
     encoders = sorted((run / "cache" / "encoders").iterdir())
     inits = [yaml.safe_load((e / "config.yaml").read_text())["backbone"]["init"] for e in encoders]
-    base = [e for e, i in zip(encoders, inits) if i is None]
+    base = [e for e, i in zip(encoders, inits, strict=True) if i is None]
     assert len(base) == 1 and sorted(i for i in inits if i) == [str(base[0] / "encoder.pt")] * 2
     bad = json.loads(json.dumps(cfg))
     bad["arms"][1]["init"] = "arm:nope"

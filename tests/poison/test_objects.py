@@ -106,7 +106,8 @@ def test_discovery_one_reference_per_stem_and_rgba(assets: dict[str, Path]) -> N
     # the same object as a plain JPEG next to its JSON must not count twice
     Image.new("RGB", (10, 10)).save(refs / "1.jpg")
     sources = discover_references(refs)
-    assert [(s.kind, Path(s.path).name) for s in sources] == [("labelme", "1.json"), ("mask", "2.jpg"), ("image", "3.png")]
+    assert [(s.kind, Path(s.path).name) for s in sources] == [("labelme", "1.json"), ("mask", "2.jpg"),
+                                                              ("image", "3.png")]
     loaded = load_references(sources)
     assert all(r.has_object for r in loaded)  # 3.png is an RGBA cut-out
 

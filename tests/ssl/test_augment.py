@@ -32,7 +32,7 @@ def batch() -> torch.Tensor:
 ])
 def test_per_sample_factor_matches_torchvision(batch: torch.Tensor, ours, theirs, factors) -> None:  # type: ignore[no-untyped-def]
     got = ours(batch.clone(), torch.tensor(factors))
-    want = torch.stack([theirs(img, f) for img, f in zip(batch, factors)])
+    want = torch.stack([theirs(img, f) for img, f in zip(batch, factors, strict=True)])
     torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
 
 
@@ -44,7 +44,7 @@ def test_grayscale_matches(batch: torch.Tensor) -> None:
 def test_blur_matches_torchvision(batch: torch.Tensor) -> None:
     sig = torch.tensor([0.5, 1.0, 1.5, 2.0])
     got = gaussian_blur(batch, sig, 5)
-    want = torch.stack([TF.gaussian_blur(img, [5, 5], [float(s), float(s)]) for img, s in zip(batch, sig)])
+    want = torch.stack([TF.gaussian_blur(img, [5, 5], [float(s), float(s)]) for img, s in zip(batch, sig, strict=True)])
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 

@@ -82,7 +82,7 @@ def test_momentum_encoder_moves_only_by_ema(name: str, target: str) -> None:
     target_before = copy.deepcopy(list(getattr(model, target).parameters()))
     m = model.momentum() if name == "byol" else model.cfg.method.momentum
     loss, _ = model.compute_loss([v.clone() for v in views])
-    for po, pt_old, pt in zip(online_before, target_before, getattr(model, target).parameters()):
+    for po, pt_old, pt in zip(online_before, target_before, getattr(model, target).parameters(), strict=True):
         torch.testing.assert_close(pt, m * pt_old + (1 - m) * po)
         assert not pt.requires_grad
     opt.zero_grad()

@@ -23,18 +23,19 @@ def make(name: str, **method: object) -> nn.Module:
 
 def test_split_statistics_equal_separate_batch_norms() -> None:
     torch.manual_seed(0)
-    x = torch.randn(8, 4, 5, 5) * 3 + 1
+    x = (torch.randn(8, 4, 5, 5) * 3 + 1).contiguous(memory_format=torch.channels_last)
     split = SplitBatchNorm2d(4, splits=2).train()
     ref = [nn.BatchNorm2d(4).train() for _ in range(2)]
     y = split(x)
-    for j in range(2):  # sample i belongs to split i % 2
-        torch.testing.assert_close(y[j::2], ref[j](x[j::2]))
+    for j in range(2):  # split j holds samples [4 j, 4 j + 4)
+        torch.testing.assert_close(y[4 * j:4 * j + 4], ref[j](x[4 * j:4 * j + 4]))
     torch.testing.assert_close(split.running_mean, (ref[0].running_mean + ref[1].running_mean) / 2)
     torch.testing.assert_close(split.running_var, (ref[0].running_var + ref[1].running_var) / 2)
     assert int(split.num_batches_tracked) == 1
     plain = nn.BatchNorm2d(4)
     plain.load_state_dict(split.state_dict())  # the same keys and shapes as BatchNorm2d
     torch.testing.assert_close(split.eval()(x), plain.eval()(x))
+    assert split.train()(x).is_contiguous(memory_format=torch.channels_last)  # the layout convolutions want
 
 
 def test_uneven_batch_falls_back_to_ordinary_bn() -> None:

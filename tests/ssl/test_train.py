@@ -7,11 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
 
 from conftest import class_folder
 from corruptencoder.cli import main
@@ -173,7 +171,8 @@ def test_ddp_two_cpu_processes(tiny_data: Path, tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(tiny_config(tiny_data, **{"optim.epochs": 1}).model_dump(mode="json")))
     out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(29500 + os.getpid() % 1000)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(29500 + os.getpid() % 1000)}
     proc = subprocess.run([sys.executable, "-m", "corruptencoder", "pretrain", "--config", str(cfg), "--out", str(out),
                            "--devices", "2", "--accelerator", "cpu", "--quiet"],
                           capture_output=True, text=True, timeout=240, env=env)

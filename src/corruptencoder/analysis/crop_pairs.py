@@ -16,8 +16,9 @@ Definitions (per view pair, fractions configurable):
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -93,8 +94,8 @@ def estimate(poisons: Sequence[PoisonBoxes], policy: CropPolicy, pairs_per_poiso
     return PairStats(split / n, both / n, obj1 / (2 * n), trig1 / (2 * n), one_obj / n, n)
 
 
-def poisons_from_manifest(records: Iterable[dict]) -> list[PoisonBoxes]:
-    return [PoisonBoxes(tuple(r["image_size"]), tuple(r["object_box"]), tuple(r["trigger_box"]))  # type: ignore[arg-type]
+def poisons_from_manifest(records: Iterable[dict[str, Any]]) -> list[PoisonBoxes]:
+    return [PoisonBoxes(tuple(r["image_size"]), tuple(r["object_box"]), tuple(r["trigger_box"]))
             for r in records if r.get("object_box") and r.get("trigger_box")]
 
 
@@ -141,7 +142,8 @@ def sweep(alphas: Sequence[float], betas: Sequence[float], policy: CropPolicy, p
     return rows
 
 
-def crop_report(poisons: str | None, method: str = "moco", policies: Sequence[str] = ("random", "localized", "none"),
+def crop_report(poisons: str | None, method: str = "moco",
+                policies: Sequence[CropPolicyName] = ("random", "localized", "none"),
                 delta: float = 0.2, pairs: int = 200, alphas: Sequence[float] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
                 betas: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9), grid: bool = True,
                 seed: int = 0) -> tuple[list[str], dict[str, object]]:
@@ -162,7 +164,7 @@ def crop_report(poisons: str | None, method: str = "moco", policies: Sequence[st
         lines.append(f"{'policy':<12}{'split':>8}{'both':>8}{'P(obj view)':>13}{'P(trig view)':>14}{'P(one obj)':>12}")
         folder: dict[str, object] = {}
         for pol in policies:
-            s = estimate(boxes, policy_for(method, pol, delta), pairs, seed)  # type: ignore[arg-type]
+            s = estimate(boxes, policy_for(method, pol, delta), pairs, seed)
             folder[pol] = s.as_dict()
             lines.append(f"{pol:<12}{s.split:>8.3f}{s.both:>8.3f}{s.object_view:>13.3f}{s.trigger_view:>14.3f}"
                          f"{s.one_object:>12.3f}")
@@ -170,7 +172,7 @@ def crop_report(poisons: str | None, method: str = "moco", policies: Sequence[st
     if grid:
         grids: dict[str, object] = {}
         for pol in policies:
-            rows = sweep(alphas, betas, policy_for(method, pol, delta), max(20, pairs // 2), seed)  # type: ignore[arg-type]
+            rows = sweep(alphas, betas, policy_for(method, pol, delta), max(20, pairs // 2), seed)
             grids[pol] = rows
             lines += ["", f"P(split) / P(both) over alpha (rows) and beta (columns), {pol} crops; "
                       "last column: 2*alpha*(1-alpha) vs measured P(exactly one object view)",

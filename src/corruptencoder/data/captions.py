@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import glob
-import io
 import json
 import logging
 import os
@@ -28,9 +27,10 @@ import re
 import tarfile
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Any, Union, cast
 
 from PIL import Image
 
@@ -116,7 +116,8 @@ def read_pairs_csv(path: PathLike, *, img_key: str = "filepath", caption_key: st
     delimiter = _separator(sep, path)
     if not path.is_file():
         what = "is a folder" if path.is_dir() else "not found"
-        raise UserError(f"{path}: caption CSV {what}; give a .csv/.tsv file with {img_key!r} and {caption_key!r} columns")
+        raise UserError(f"{path}: caption CSV {what}; give a .csv/.tsv file with {img_key!r} and "
+                        f"{caption_key!r} columns")
     if root is not None:
         base = Path(root).expanduser()
         if not base.is_dir():
@@ -198,7 +199,7 @@ def write_pairs_csv(path: PathLike, images: Sequence[PathLike], captions: Sequen
     with open(tmp, "w", encoding="utf-8", newline="") as fh:
         w = csv.writer(fh, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL, lineterminator="\r\n")
         w.writerow([img_key, caption_key])
-        for img, cap in zip(images, captions):
+        for img, cap in zip(images, captions, strict=True):
             full = os.path.abspath(img)
             try:
                 rel = os.path.relpath(full, base)
@@ -264,7 +265,7 @@ def list_shards(spec: PathLike | Sequence[PathLike]) -> list[Path]:
         if not out:
             raise UserError("no tar shards given; pass a .tar file, a folder of shards or a pattern")
         return out
-    text = os.fspath(spec)  # type: ignore[arg-type]
+    text = os.fspath(cast(PathLike, spec))  # lists and tuples were handled above
     if "::" in text:
         return list_shards([s for s in text.split("::") if s])
     text = os.path.expanduser(text)
@@ -508,12 +509,12 @@ class ShardPairs:
         except Exception:  # noqa: BLE001 - interpreter shutdown
             pass
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state.update(_handles=OrderedDict(), _pid=-1, _lock=None)
         return state
 
-    def __setstate__(self, state: dict) -> None:
+    def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
@@ -553,12 +554,12 @@ def read_pairs_shards(spec: PathLike | Sequence[PathLike], *, max_pairs: int | N
     return ShardPairs(shards, index, captions, offsets, source, len(no_text), len(no_image))
 
 
-def load_pairs(spec: PathLike | Sequence[PathLike], **kw) -> PairCollection | ShardPairs:
+def load_pairs(spec: PathLike | Sequence[PathLike], **kw: Any) -> PairCollection | ShardPairs:
     """Pairs from a ``.csv``/``.tsv`` (:func:`read_pairs_csv`) or from tar shards: a ``.tar``, a
     folder of shards, a glob or brace pattern (:func:`read_pairs_shards`). ``kw`` go to that reader."""
     if isinstance(spec, (list, tuple)):
         return read_pairs_shards(spec, **kw)
-    text = os.fspath(spec)
+    text = os.fspath(cast(PathLike, spec))  # a list or tuple of shards went to read_pairs_shards
     p = Path(os.path.expanduser(text))
     if p.suffix.lower() in CSV_SUFFIXES and not _is_pattern(text):
         return read_pairs_csv(p, **kw)

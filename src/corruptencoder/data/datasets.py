@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,7 +37,7 @@ def to_tensor(im: Image.Image, short_side: int | None) -> torch.Tensor:
     return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 
-def decode_tensor(path: str | os.PathLike, short_side: int | None) -> torch.Tensor:
+def decode_tensor(path: str | os.PathLike[str], short_side: int | None) -> torch.Tensor:
     """Decode to a uint8 (3, H, W) tensor whose shorter side is at most ``short_side``."""
     return to_tensor(load_rgb(path, draft_short_side=short_side), short_side)
 
@@ -49,7 +50,7 @@ class ImageStore:
     """
 
     def __init__(self, files: Sequence[Any], short_side: int | None = None, cache: bool | str = "auto",
-                 progress: bool = False, skip_log: str | os.PathLike | None = None,
+                 progress: bool = False, skip_log: str | os.PathLike[str] | None = None,
                  loader: Callable[[int], Image.Image] | None = None) -> None:
         self.files = [str(f) for f in files]
         self.short_side = short_side
@@ -124,10 +125,11 @@ def _worker_rng() -> np.random.Generator:
     return np.random.default_rng(torch.initial_seed() % (2**63))
 
 
-class ViewDataset(Dataset):
+class ViewDataset(Dataset[tuple[list[torch.Tensor], int]]):
     """Unlabelled images -> (list of uint8 views, index) for contrastive pre-training."""
 
-    def __init__(self, store: ImageStore, crop: Callable[[torch.Tensor, np.random.Generator], list[torch.Tensor]]) -> None:
+    def __init__(self, store: ImageStore,
+                 crop: Callable[[torch.Tensor, np.random.Generator], list[torch.Tensor]]) -> None:
         self.store = store
         self.crop = crop
         self._rng: np.random.Generator | None = None
@@ -151,7 +153,7 @@ def center_crop_tensor(img: torch.Tensor, resize: int, size: int) -> torch.Tenso
     return TF.center_crop(img, [size, size])
 
 
-class LabelledDataset(Dataset):
+class LabelledDataset(Dataset[tuple[torch.Tensor, int, int]]):
     """Labelled images -> (uint8 (3, size, size), label, index), resize + centre crop; an optional
     per-index ``transform`` (e.g. pasting a trigger) runs on the cropped tensor."""
 
@@ -176,30 +178,32 @@ class LabelledDataset(Dataset):
 
 def collate_views(batch: list[tuple[list[torch.Tensor], Any]]) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Stack each view; the second field (image index, or caption tokens) is stacked too."""
-    views = list(zip(*[b[0] for b in batch]))
+    views = list(zip(*[b[0] for b in batch], strict=True))
     second = [b[1] for b in batch]
     extra = torch.stack(second) if isinstance(second[0], torch.Tensor) else torch.tensor(second, dtype=torch.long)
     return [torch.stack(v) for v in views], extra
 
 
 class PairDataset(ViewDataset):
-    """Image-text pairs -> (list of uint8 views, caption tokens) for CLIP."""
+    """Image-text pairs -> (list of uint8 views, caption tokens) for CLIP; ``tokenize`` maps one caption to
+    its token tensor (the model's tokenizer, given by the trainer)."""
 
-    def __init__(self, store: ImageStore, captions: Sequence[str], crop: Callable, context_length: int) -> None:
+    def __init__(self, store: ImageStore, captions: Sequence[str], crop: Callable[..., list[torch.Tensor]],
+                 tokenize: Callable[[str], torch.Tensor]) -> None:
         super().__init__(store, crop)
         self.captions = list(captions)
-        self.context_length = context_length
+        self.tokenize = tokenize
 
-    def __getitem__(self, index: int) -> tuple[list[torch.Tensor], torch.Tensor]:  # type: ignore[override]
-        from corruptencoder.ssl.clip_model import tokenize
-
+    def __getitem__(  # type: ignore[override]  # returns caption tokens, not an index
+        self, index: int
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
         if self._rng is None or self._pid != os.getpid():
             self._rng, self._pid = _worker_rng(), os.getpid()
         img, used = self.store.get(index)
-        return self.crop(img, self._rng), tokenize([self.captions[used]], self.context_length)[0]
+        return self.crop(img, self._rng), self.tokenize(self.captions[used])
 
 
-def read_skip_log(path: str | os.PathLike) -> dict[str, str]:
+def read_skip_log(path: str | os.PathLike[str]) -> dict[str, str]:
     p = Path(path)
     if not p.is_file():
         return {}

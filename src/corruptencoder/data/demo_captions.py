@@ -10,8 +10,8 @@ per (seed, image index).
 from __future__ import annotations
 
 import csv
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
@@ -47,7 +47,7 @@ def write_demo_pairs(world: str | Path, out_csv: str | Path, *, seed: int = 0, n
     with open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["filepath", "title"])
-        for i, (f, y) in enumerate(zip(coll.files, coll.labels)):
+        for i, (f, y) in enumerate(zip(coll.files, coll.labels, strict=True)):
             cls = coll.classes[y]
             rng = np.random.default_rng([seed, i])
             w.writerow([str(f), caption(rng, cls, probs.get(cls, name_prob))])

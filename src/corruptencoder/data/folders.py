@@ -7,9 +7,10 @@ linear probe and the crafting tools. Nothing is ever downloaded.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +27,7 @@ class ImageCollection:
     labels: list[int] | None = None
     classes: list[str] | None = None
     source: str = ""
-    meta: dict = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -42,15 +43,16 @@ class ImageCollection:
         if self.labels is None or self.classes is None:
             return {}
         c = np.bincount(np.asarray(self.labels, dtype=np.int64), minlength=len(self.classes))
-        return {name: int(n) for name, n in zip(self.classes, c)}
+        return {name: int(n) for name, n in zip(self.classes, c, strict=False)}
 
 
-def read_class_list(path: str | os.PathLike) -> list[str]:
+def read_class_list(path: str | os.PathLike[str]) -> list[str]:
     """One class per line (first token; e.g. ImageNet wnids ``n01558993``); ``#`` comments allowed."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: class list not found; give a text file with one class (e.g. wnid) per line")
-    names = [ln.split()[0] for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip() and not ln.startswith("#")]
+    names = [ln.split()[0] for ln in path.read_text(encoding="utf-8").splitlines()
+             if ln.strip() and not ln.startswith("#")]
     if not names:
         raise UserError(f"{path}: class list is empty")
     dup = sorted({n for n in names if names.count(n) > 1})
@@ -64,7 +66,7 @@ def _walk_images(folder: Path) -> list[Path]:
                   key=lambda p: p.as_posix())
 
 
-def image_folder(root: str | os.PathLike, classes: Sequence[str] | None = None, *, what: str = "image folder",
+def image_folder(root: str | os.PathLike[str], classes: Sequence[str] | None = None, *, what: str = "image folder",
                  require_all: bool = True) -> ImageCollection:
     """``root/<class>/**/<image>``: labels follow ``classes`` (default: sorted sub-folders)."""
     root = Path(root)
@@ -92,7 +94,7 @@ def image_folder(root: str | os.PathLike, classes: Sequence[str] | None = None, 
     return ImageCollection(files, labels, list(classes), str(root))
 
 
-def flat_folder(root: str | os.PathLike, *, what: str = "image folder") -> ImageCollection:
+def flat_folder(root: str | os.PathLike[str], *, what: str = "image folder") -> ImageCollection:
     """Every image under ``root`` (recursive), unlabelled."""
     root = Path(root)
     files = _walk_images(root)
@@ -101,7 +103,8 @@ def flat_folder(root: str | os.PathLike, *, what: str = "image folder") -> Image
     return ImageCollection(files, None, None, str(root))
 
 
-def file_list(path: str | os.PathLike, classes: Sequence[str] | None = None, *, what: str = "file list") -> ImageCollection:
+def file_list(path: str | os.PathLike[str], classes: Sequence[str] | None = None, *,
+              what: str = "file list") -> ImageCollection:
     """``path [label]`` per line; labels are integers or class names; paths relative to the list."""
     path = Path(path)
     if not path.is_file():
@@ -143,7 +146,7 @@ def file_list(path: str | os.PathLike, classes: Sequence[str] | None = None, *, 
     return ImageCollection(files, labels, classes, str(path))
 
 
-def load_collection(spec: str | os.PathLike, classes: Sequence[str] | str | os.PathLike | None = None, *,
+def load_collection(spec: str | os.PathLike[str], classes: Sequence[str] | str | os.PathLike[str] | None = None, *,
                     labelled: bool = False, what: str = "images") -> ImageCollection:
     """A folder (class sub-folders -> labelled ImageFolder, else a flat folder), or a file list."""
     p = Path(spec)

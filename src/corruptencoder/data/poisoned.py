@@ -7,9 +7,9 @@ Nothing is copied: the clean files stay where they are and the poisons are read 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from corruptencoder.data.folders import ImageCollection
 from corruptencoder.poison.manifest import poison_files, read_manifest
@@ -33,7 +33,7 @@ class PretrainFiles:
         return self.num_poisons / max(1, len(self.files))
 
 
-def pretraining_files(clean: ImageCollection, poison_dirs: Sequence[str | os.PathLike] = ()) -> PretrainFiles:
+def pretraining_files(clean: ImageCollection, poison_dirs: Sequence[str | os.PathLike[str]] = ()) -> PretrainFiles:
     files = list(clean.files)
     flags = [False] * len(files)
     targets: list[str | None] = [None] * len(files)

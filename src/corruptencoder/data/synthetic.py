@@ -28,9 +28,10 @@ import inspect
 import json
 import math
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw
@@ -91,7 +92,8 @@ class WorldConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.classes, str):
-            raise UserError(f"classes: expected a list of class names, got the string {self.classes!r}; write ({self.classes!r},)")
+            raise UserError(f"classes: expected a list of class names, got the string {self.classes!r}; "
+                            f"write ({self.classes!r},)")
         try:
             scale = tuple(float(x) for x in self.object_scale)
         except (TypeError, ValueError):
@@ -145,7 +147,8 @@ def _hsv(h: float, s: float, v: float) -> np.ndarray:
     return np.array(rgb, np.float32)
 
 
-def _jhsv(rng: np.random.Generator, h: tuple[float, float], s: tuple[float, float], v: tuple[float, float]) -> np.ndarray:
+def _jhsv(rng: np.random.Generator, h: tuple[float, float], s: tuple[float, float],
+          v: tuple[float, float]) -> np.ndarray:
     """A colour drawn uniformly from an HSV box: the intra-class palette jitter."""
     return _hsv(rng.uniform(*h), rng.uniform(*s), rng.uniform(*v))
 
@@ -174,7 +177,7 @@ class flat:
 
 def _smooth(paint: Paint, smooth: bool = True) -> Paint:
     """Mark a paint as smooth: evaluating it once per output pixel is enough (a big speed-up)."""
-    paint.smooth = smooth  # type: ignore[attr-defined]
+    paint.smooth = smooth  # type: ignore[attr-defined]  # a marker attribute set on the paint function
     return paint
 
 
@@ -187,7 +190,8 @@ def _mix(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
     return a + (b - a) * t
 
 
-def stripes(c1: np.ndarray, c2: np.ndarray, freq: float, angle: float = 0.0, duty: float = 0.5, phase: float = 0.0) -> Paint:
+def stripes(c1: np.ndarray, c2: np.ndarray, freq: float, angle: float = 0.0, duty: float = 0.5,
+            phase: float = 0.0) -> Paint:
     """Bands across the object; ``freq`` in bands per object-frame unit, ``angle`` in degrees."""
     ca, sa = math.cos(math.radians(angle)), math.sin(math.radians(angle))
     c1, c2 = np.asarray(c1, np.float32), np.asarray(c2, np.float32)
@@ -235,7 +239,8 @@ def dots(base: Paint, c_dot: np.ndarray, freq: float, radius: float, angle: floa
     return paint
 
 
-def _frame_noise(rng: np.random.Generator, cells: int = 6, extent: float = 1.8) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+def _frame_noise(rng: np.random.Generator, cells: int = 6,
+                 extent: float = 1.8) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     """Smooth value noise in [0, 1] over the object frame (bilinear on a random grid)."""
     grid = rng.random((cells + 2, cells + 2)).astype(np.float32)
 
@@ -252,7 +257,8 @@ def _frame_noise(rng: np.random.Generator, cells: int = 6, extent: float = 1.8) 
     return f
 
 
-def mottled(base: Paint, rng: np.random.Generator, amount: float, cells: int = 6, other: np.ndarray | None = None) -> Paint:
+def mottled(base: Paint, rng: np.random.Generator, amount: float, cells: int = 6,
+            other: np.ndarray | None = None) -> Paint:
     """Modulate a paint with smooth noise (brightness, or a blend towards ``other``)."""
     n = _frame_noise(rng, cells)
 
@@ -266,7 +272,8 @@ def mottled(base: Paint, rng: np.random.Generator, amount: float, cells: int = 6
     return _smooth(paint, _is_smooth(base))
 
 
-def bricks(c_brick: np.ndarray, c_mortar: np.ndarray, rng: np.random.Generator, rows: float, ratio: float = 2.2) -> Paint:
+def bricks(c_brick: np.ndarray, c_mortar: np.ndarray, rng: np.random.Generator, rows: float,
+           ratio: float = 2.2) -> Paint:
     """Running-bond brickwork with per-brick brightness jitter."""
     table = rng.uniform(0.8, 1.15, 97).astype(np.float32)
 
@@ -303,7 +310,8 @@ def _polys(part: _Part) -> list[np.ndarray]:
     return part.poly if isinstance(part.poly, list) else [part.poly]
 
 
-def _ellipse(cx: float, cy: float, rx: float, ry: float, rot: float = 0.0, n: int = 40, a0: float = 0.0, a1: float = 360.0) -> np.ndarray:
+def _ellipse(cx: float, cy: float, rx: float, ry: float, rot: float = 0.0, n: int = 40, a0: float = 0.0,
+             a1: float = 360.0) -> np.ndarray:
     t = np.radians(np.linspace(a0, a1, n, endpoint=(a1 - a0) < 360))
     x, y = rx * np.cos(t), ry * np.sin(t)
     cr, sr = math.cos(math.radians(rot)), math.sin(math.radians(rot))
@@ -316,13 +324,14 @@ def _rect(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
 
 def _bar(p0: Sequence[float], p1: Sequence[float], width: float) -> np.ndarray:
     """A straight stroke of the given width as a quad (lines must be polygons to transform)."""
-    p0, p1 = np.asarray(p0, float), np.asarray(p1, float)
-    d = p1 - p0
+    a, b = np.asarray(p0, float), np.asarray(p1, float)
+    d = b - a
     n = np.array([-d[1], d[0]]) / (np.hypot(*d) + 1e-12) * width / 2
-    return np.array([p0 + n, p1 + n, p1 - n, p0 - n])
+    return np.array([a + n, b + n, b - n, a - n])
 
 
-def _star(cx: float, cy: float, r_out: float, r_in: float, n: int, rot: float = -90.0, jitter: np.ndarray | None = None) -> np.ndarray:
+def _star(cx: float, cy: float, r_out: float, r_in: float, n: int, rot: float = -90.0,
+          jitter: np.ndarray | None = None) -> np.ndarray:
     k = np.arange(2 * n)
     r = np.where(k % 2 == 0, r_out, r_in).astype(float)
     if jitter is not None:
@@ -447,12 +456,14 @@ def _house(rng: np.random.Generator) -> list[_Part]:
     rh = rng.uniform(0.4, 0.6)
     over = rng.uniform(0.05, 0.14)
     if rng.random() < 0.4:
-        wall = bricks(_jhsv(rng, (3, 22), (0.55, 0.8), (0.5, 0.75)), _jhsv(rng, (30, 45), (0.05, 0.2), (0.7, 0.85)), rng, rng.uniform(9, 14))
+        wall = bricks(_jhsv(rng, (3, 22), (0.55, 0.8), (0.5, 0.75)), _jhsv(rng, (30, 45), (0.05, 0.2), (0.7, 0.85)),
+                      rng, rng.uniform(9, 14))
     else:
         wc = _choose(rng, [(1, ((35, 55), (0.15, 0.45), (0.8, 0.98))), (1, ((0, 360), (0.0, 0.06), (0.85, 0.98))),
                            (1, ((190, 215), (0.2, 0.4), (0.75, 0.95))), (1, ((0, 15), (0.3, 0.5), (0.75, 0.9)))])
         wall = mottled(flat(_jhsv(rng, *wc)), rng, 0.08, cells=5)
-    roof_c = _choose(rng, [(1, ((0, 14), (0.6, 0.9), (0.45, 0.7))), (1, ((20, 32), (0.5, 0.8), (0.3, 0.5))), (1, ((200, 230), (0.05, 0.2), (0.2, 0.4)))])
+    roof_c = _choose(rng, [(1, ((0, 14), (0.6, 0.9), (0.45, 0.7))), (1, ((20, 32), (0.5, 0.8), (0.3, 0.5))),
+                           (1, ((200, 230), (0.05, 0.2), (0.2, 0.4)))])
     rc = _jhsv(rng, *roof_c)
     roof = stripes(rc, _shade(rc, 0.75), rng.uniform(8, 12), 90, 0.8)
     parts = []
@@ -463,10 +474,14 @@ def _house(rng: np.random.Generator) -> list[_Part]:
     parts.append(_Part(_rect(-w, top, w, bot), wall))
     dw = rng.uniform(0.14, 0.2)
     dx = rng.uniform(-w + dw + 0.05, w - dw - 0.05)
-    door_c = _jhsv(rng, *_choose(rng, [(2, ((18, 32), (0.5, 0.8), (0.25, 0.45))), (1, ((100, 140), (0.4, 0.7), (0.25, 0.45))), (1, ((210, 235), (0.4, 0.7), (0.3, 0.5)))]))
+    door_c = _jhsv(rng, *_choose(rng, [(2, ((18, 32), (0.5, 0.8), (0.25, 0.45))),
+                                       (1, ((100, 140), (0.4, 0.7), (0.25, 0.45))),
+                                       (1, ((210, 235), (0.4, 0.7), (0.3, 0.5)))]))
     dtop = bot - rng.uniform(0.35, 0.45)
-    parts.append(_Part(_rect(dx - dw / 2, dtop, dx + dw / 2, bot), gradient(_shade(door_c, 1.15), door_c, 90, dtop, bot)))
-    glass = _jhsv(rng, *_choose(rng, [(2, ((190, 210), (0.2, 0.45), (0.8, 0.95))), (1, ((45, 55), (0.4, 0.7), (0.9, 1.0)))]))
+    parts.append(_Part(_rect(dx - dw / 2, dtop, dx + dw / 2, bot),
+                       gradient(_shade(door_c, 1.15), door_c, 90, dtop, bot)))
+    glass = _jhsv(rng, *_choose(rng, [(2, ((190, 210), (0.2, 0.45), (0.8, 0.95))),
+                                      (1, ((45, 55), (0.4, 0.7), (0.9, 1.0)))]))
     frame = _jhsv(rng, (0, 360), (0.0, 0.05), (0.92, 1.0))
     ws = rng.uniform(0.14, 0.2)
     wy = top + rng.uniform(0.1, 0.18)
@@ -475,7 +490,8 @@ def _house(rng: np.random.Generator) -> list[_Part]:
         if abs(wx - dx) < (dw / 2 + ws / 2 + 0.04):
             continue
         parts.append(_Part(_rect(wx - ws / 2 - 0.025, wy - 0.025, wx + ws / 2 + 0.025, wy + ws + 0.025), flat(frame)))
-        parts.append(_Part(_rect(wx - ws / 2, wy, wx + ws / 2, wy + ws), gradient(_shade(glass, 1.2), glass, 45, -0.3, 0.3)))
+        parts.append(_Part(_rect(wx - ws / 2, wy, wx + ws / 2, wy + ws),
+                           gradient(_shade(glass, 1.2), glass, 45, -0.3, 0.3)))
         parts.append(_Part(_rect(wx - 0.012, wy, wx + 0.012, wy + ws), flat(frame)))
         parts.append(_Part(_rect(wx - ws / 2, wy + ws / 2 - 0.012, wx + ws / 2, wy + ws / 2 + 0.012), flat(frame)))
     return parts
@@ -508,8 +524,9 @@ def _tree(rng: np.random.Generator) -> list[_Part]:
 
 def _car(rng: np.random.Generator) -> list[_Part]:
     # Identity: a long low body with a cabin and windows on top and two dark wheels underneath.
-    kind = _choose(rng, [(3, ((-6, 8), (0.75, 1.0), (0.6, 0.9))), (2, ((205, 230), (0.6, 0.95), (0.45, 0.85))), (1, ((45, 56), (0.8, 1.0), (0.85, 1.0))),
-                         (1, ((0, 360), (0.0, 0.06), (0.85, 0.97))), (1, ((0, 360), (0.0, 0.1), (0.1, 0.25))), (1, ((100, 150), (0.5, 0.8), (0.35, 0.65))),
+    kind = _choose(rng, [(3, ((-6, 8), (0.75, 1.0), (0.6, 0.9))), (2, ((205, 230), (0.6, 0.95), (0.45, 0.85))),
+                         (1, ((45, 56), (0.8, 1.0), (0.85, 1.0))), (1, ((0, 360), (0.0, 0.06), (0.85, 0.97))),
+                         (1, ((0, 360), (0.0, 0.1), (0.1, 0.25))), (1, ((100, 150), (0.5, 0.8), (0.35, 0.65))),
                          (1, ((200, 220), (0.05, 0.12), (0.55, 0.75)))])
     c = _jhsv(rng, *kind)
     L = rng.uniform(0.9, 1.0)
@@ -524,8 +541,10 @@ def _car(rng: np.random.Generator) -> list[_Part]:
     paint = gradient(_shade(c, 1.25), _shade(c, 0.75), 90, y0 - cab_h, y1)
     inset = 0.05
     mid = (cb0 + cb1) / 2 + rng.uniform(-0.05, 0.05)
-    win1 = np.array([[cb0 + inset * 1.5, y0 - 0.01], [cb0 + slant_b + inset, y0 - cab_h + inset], [mid - 0.025, y0 - cab_h + inset], [mid - 0.025, y0 - 0.01]])
-    win2 = np.array([[mid + 0.025, y0 - 0.01], [mid + 0.025, y0 - cab_h + inset], [cb1 - slant_f - inset * 0.3, y0 - cab_h + inset], [cb1 - inset * 1.5, y0 - 0.01]])
+    win1 = np.array([[cb0 + inset * 1.5, y0 - 0.01], [cb0 + slant_b + inset, y0 - cab_h + inset],
+                     [mid - 0.025, y0 - cab_h + inset], [mid - 0.025, y0 - 0.01]])
+    win2 = np.array([[mid + 0.025, y0 - 0.01], [mid + 0.025, y0 - cab_h + inset],
+                     [cb1 - slant_f - inset * 0.3, y0 - cab_h + inset], [cb1 - inset * 1.5, y0 - 0.01]])
     wr = rng.uniform(0.19, 0.24)
     wx = L - wr - rng.uniform(0.12, 0.22)
     tyre = np.array([0.06, 0.06, 0.07])
@@ -546,10 +565,12 @@ def _car(rng: np.random.Generator) -> list[_Part]:
 
 def _flower(rng: np.random.Generator) -> list[_Part]:
     # Identity: petals arranged radially around a round centre, usually on a green stem with a leaf.
-    petal_hue = _choose(rng, [(2, (320, 345)), (2, (350, 370)), (1, (265, 295)), (2, (42, 58)), (1, (0, 360)), (1, (18, 35))])
+    petal_hue = _choose(rng, [(2, (320, 345)), (2, (350, 370)), (1, (265, 295)), (2, (42, 58)), (1, (0, 360)),
+                              (1, (18, 35))])
     white = petal_hue == (0, 360)
     pc = _jhsv(rng, petal_hue, (0.0, 0.08) if white else (0.55, 0.95), (0.85, 1.0) if white else (0.7, 1.0))
-    cc = _jhsv(rng, *_choose(rng, [(2, ((40, 55), (0.8, 1.0), (0.85, 1.0))), (1, ((20, 35), (0.6, 0.9), (0.25, 0.45)))]))
+    cc = _jhsv(rng, *_choose(rng, [(2, ((40, 55), (0.8, 1.0), (0.85, 1.0))),
+                                   (1, ((20, 35), (0.6, 0.9), (0.25, 0.45)))]))
     green = _jhsv(rng, (85, 135), (0.5, 0.85), (0.35, 0.6))
     hy = rng.uniform(-0.35, -0.2)
     n = int(rng.integers(5, 10))
@@ -560,18 +581,21 @@ def _flower(rng: np.random.Generator) -> list[_Part]:
     if rng.random() < 0.75:
         sw = rng.uniform(0.04, 0.07)
         bend = rng.uniform(-0.12, 0.12)
-        parts.append(_Part(np.array([[-sw / 2, hy], [sw / 2, hy], [bend + sw / 2, 0.95], [bend - sw / 2, 0.95]]), flat(green)))
+        parts.append(_Part(np.array([[-sw / 2, hy], [sw / 2, hy], [bend + sw / 2, 0.95], [bend - sw / 2, 0.95]]),
+                           flat(green)))
         side = rng.choice([-1.0, 1.0])
         ly = rng.uniform(0.35, 0.6)
         lrot = side * rng.uniform(20, 45)
-        parts.append(_Part(_ellipse(side * 0.17 + bend * ly, ly, 0.17, 0.06, rot=lrot, n=20), gradient(green, _shade(green, 0.7), 90, ly - 0.1, ly + 0.1)))
+        parts.append(_Part(_ellipse(side * 0.17 + bend * ly, ly, 0.17, 0.06, rot=lrot, n=20),
+                           gradient(green, _shade(green, 0.7), 90, ly - 0.1, ly + 0.1)))
     phase = rng.uniform(0, 360)
     petal = radial(_shade(pc, rng.uniform(0.6, 0.85)), _shade(pc, 1.15), 0, hy, pl + cr)
     petals = []
     for k in range(n):
         a = phase + 360.0 * k / n
         d = cr + pl * 0.5 - 0.04
-        petals.append(_ellipse(d * math.cos(math.radians(a)), hy + d * math.sin(math.radians(a)), pl / 2 + 0.03, pw / 2, rot=a, n=24))
+        petals.append(_ellipse(d * math.cos(math.radians(a)), hy + d * math.sin(math.radians(a)), pl / 2 + 0.03,
+                               pw / 2, rot=a, n=24))
     parts.append(_Part(petals, petal))
     parts.append(_Part(_ellipse(0, hy, cr, cr, n=28), dots(flat(cc), _shade(cc, 0.6), rng.uniform(18, 26), 0.3)))
     return parts
@@ -599,8 +623,10 @@ def _mushroom(rng: np.random.Generator) -> list[_Part]:
     parts = [
         _Part(stem, gradient(_shade(stem_c, 0.8), stem_c, 0, -sw_bot, sw_bot * 0.5)),
         _Part(_ellipse(0, sbot, sw_bot * 0.65, 0.07, n=20), flat(_shade(stem_c, 0.9))),
-        _Part(_ellipse(0, base + 0.05, rx * 0.85, 0.07, n=28), stripes(_shade(stem_c, 0.75), _shade(stem_c, 0.6), 14, 0)),
-        _Part(cap_poly, radial(_shade(cap_c, 1.2), _shade(cap_c, 0.75), rng.uniform(-0.2, 0.2), base - ry * 0.6, rx * 1.1), name="cap"),
+        _Part(_ellipse(0, base + 0.05, rx * 0.85, 0.07, n=28),
+              stripes(_shade(stem_c, 0.75), _shade(stem_c, 0.6), 14, 0)),
+        _Part(cap_poly, radial(_shade(cap_c, 1.2), _shade(cap_c, 0.75), rng.uniform(-0.2, 0.2), base - ry * 0.6,
+                               rx * 1.1), name="cap"),
     ]
     if kind == "amanita" or rng.random() < 0.25:
         spot = _jhsv(rng, (40, 55), (0.0, 0.12), (0.92, 1.0))
@@ -622,16 +648,20 @@ def _boat(rng: np.random.Generator) -> list[_Part]:
         hc = _jhsv(rng, (18, 32), (0.5, 0.75), (0.3, 0.55))
         hull_p = stripes(hc, _shade(hc, 0.8), rng.uniform(10, 16), 90, 0.7)
     else:
-        hc = _jhsv(rng, *{"white": ((0, 360), (0.0, 0.06), (0.85, 0.97)), "blue": ((205, 235), (0.6, 0.9), (0.35, 0.7)), "red": ((-5, 10), (0.7, 0.95), (0.55, 0.85))}[hull_k])
+        hc = _jhsv(rng, *{"white": ((0, 360), (0.0, 0.06), (0.85, 0.97)), "blue": ((205, 235), (0.6, 0.9), (0.35, 0.7)),
+                          "red": ((-5, 10), (0.7, 0.95), (0.55, 0.85))}[hull_k])
         band = _jhsv(rng, (0, 360), (0.3, 0.8), (0.3, 0.8))
         hull_p = stripes(band, hc, 1.0, 90, 0.2, phase=rng.uniform(-0.35, -0.25))
-    sail_c = _jhsv(rng, *_choose(rng, [(4, ((35, 50), (0.0, 0.15), (0.88, 1.0))), (1, ((0, 25), (0.6, 0.9), (0.75, 0.95))), (1, ((200, 230), (0.3, 0.6), (0.7, 0.9)))]))
+    sail_c = _jhsv(rng, *_choose(rng, [(4, ((35, 50), (0.0, 0.15), (0.88, 1.0))),
+                                       (1, ((0, 25), (0.6, 0.9), (0.75, 0.95))),
+                                       (1, ((200, 230), (0.3, 0.6), (0.7, 0.9)))]))
     sail_p: Paint = gradient(sail_c, _shade(sail_c, 0.8), 0, -0.4, 0.6)
     if rng.random() < 0.3:
         sail_p = stripes(_jhsv(rng, (0, 360), (0.6, 0.9), (0.6, 0.9)), sail_c, rng.uniform(3, 5), 90, 0.35)
     ht, hb = rng.uniform(0.3, 0.4), rng.uniform(0.55, 0.65)
     L = rng.uniform(0.85, 1.0)
-    hull = np.array([[-L, ht], [L, ht - rng.uniform(0.0, 0.08)], [L * rng.uniform(0.55, 0.75), hb], [-L * rng.uniform(0.7, 0.85), hb]])
+    hull = np.array([[-L, ht], [L, ht - rng.uniform(0.0, 0.08)], [L * rng.uniform(0.55, 0.75), hb],
+                     [-L * rng.uniform(0.7, 0.85), hb]])
     mx = rng.uniform(-0.15, 0.1)
     mtop = rng.uniform(-0.98, -0.85)
     mast_c = _jhsv(rng, (20, 32), (0.4, 0.7), (0.2, 0.4))
@@ -641,9 +671,11 @@ def _boat(rng: np.random.Generator) -> list[_Part]:
         _Part(np.array([[mx + 0.03, mtop + 0.04], [mx + 0.03, boom], [mx + rng.uniform(0.55, 0.75), boom]]), sail_p),
     ]
     if rng.random() < 0.7:
-        parts.append(_Part(np.array([[mx - 0.03, mtop + 0.12], [mx - 0.03, boom], [mx - rng.uniform(0.45, 0.65), boom]]), sail_p))
+        parts.append(_Part(np.array([[mx - 0.03, mtop + 0.12], [mx - 0.03, boom],
+                                     [mx - rng.uniform(0.45, 0.65), boom]]), sail_p))
     flag_c = _jhsv(rng, (0, 360), (0.7, 1.0), (0.7, 1.0))
-    parts.append(_Part(np.array([[mx, mtop], [mx + rng.uniform(0.15, 0.25), mtop + 0.05], [mx, mtop + 0.1]]), flat(flag_c)))
+    parts.append(_Part(np.array([[mx, mtop], [mx + rng.uniform(0.15, 0.25), mtop + 0.05], [mx, mtop + 0.1]]),
+                       flat(flag_c)))
     parts.append(_Part(hull, hull_p))
     return parts
 
@@ -651,11 +683,13 @@ def _boat(rng: np.random.Generator) -> list[_Part]:
 def _butterfly(rng: np.random.Generator) -> list[_Part]:
     # Identity: two mirror-symmetric wing pairs (large upper, small lower) with dark borders and
     # spots, a slim body and antennae.
-    kind = _choose(rng, [(2, ((20, 35), (0.85, 1.0), (0.85, 1.0))), (2, ((195, 225), (0.6, 0.95), (0.6, 0.95))), (1, ((48, 60), (0.6, 0.9), (0.9, 1.0))),
+    kind = _choose(rng, [(2, ((20, 35), (0.85, 1.0), (0.85, 1.0))), (2, ((195, 225), (0.6, 0.95), (0.6, 0.95))),
+                         (1, ((48, 60), (0.6, 0.9), (0.9, 1.0))),
                          (1, ((275, 320), (0.4, 0.75), (0.6, 0.9))), (1, ((330, 355), (0.4, 0.7), (0.85, 1.0)))])
     wc = _jhsv(rng, *kind)
     border = _jhsv(rng, (0, 360), (0.0, 0.3), (0.03, 0.18))
-    spot = _jhsv(rng, *_choose(rng, [(2, ((0, 360), (0.0, 0.05), (0.9, 1.0))), (1, ((45, 55), (0.6, 0.9), (0.9, 1.0))), (1, ((200, 230), (0.6, 0.9), (0.6, 0.9)))]))
+    spot = _jhsv(rng, *_choose(rng, [(2, ((0, 360), (0.0, 0.05), (0.9, 1.0))), (1, ((45, 55), (0.6, 0.9), (0.9, 1.0))),
+                                     (1, ((200, 230), (0.6, 0.9), (0.6, 0.9)))]))
     body_c = _jhsv(rng, (20, 40), (0.2, 0.5), (0.08, 0.22))
     ua, ur = rng.uniform(20, 45), rng.uniform(0.38, 0.48)
     la, lr = rng.uniform(20, 50), rng.uniform(0.25, 0.33)
@@ -663,7 +697,8 @@ def _butterfly(rng: np.random.Generator) -> list[_Part]:
     bw = rng.uniform(0.05, 0.09)
     inner = rng.uniform(0.78, 0.88)
     paint = gradient(_shade(wc, 0.8), _shade(wc, 1.15), 0, 0, 0.9)
-    spots = [(rng.uniform(0.45, 0.8), rng.uniform(-0.4, 0.4), rng.uniform(0.05, 0.09)) for _ in range(int(rng.integers(1, 4)))]
+    spots = [(rng.uniform(0.45, 0.8), rng.uniform(-0.4, 0.4), rng.uniform(0.05, 0.09))
+             for _ in range(int(rng.integers(1, 4)))]
     parts: list[_Part] = []
     for sx in (-1.0, 1.0):
         ucx, ucy = sx * (ur * 0.9 + 0.03), -0.2
@@ -672,7 +707,8 @@ def _butterfly(rng: np.random.Generator) -> list[_Part]:
         parts.append(_Part(_ellipse(lcx, lcy, lr, lr * lasp, rot=lr_rot, n=32), flat(border)))
         parts.append(_Part(_ellipse(lcx, lcy, lr * inner, lr * lasp * inner, rot=lr_rot, n=32), paint))
         parts.append(_Part(_ellipse(ucx, ucy, ur, ur * uasp, rot=ur_rot, n=36), flat(border)))
-        parts.append(_Part(_ellipse(ucx, ucy, ur * inner, ur * uasp * inner, rot=ur_rot, n=36), paint, name=f"wing{sx:+.0f}"))
+        parts.append(_Part(_ellipse(ucx, ucy, ur * inner, ur * uasp * inner, rot=ur_rot, n=36), paint,
+                           name=f"wing{sx:+.0f}"))
         dots_ = []
         for d, o, r in spots:  # positions in the wing's own frame, mirrored for symmetry
             p = _rot(np.array([[d * ur * inner * sx, o * ur * uasp]]), ur_rot)[0] + [ucx, ucy]
@@ -755,7 +791,7 @@ def _rasterise(
     Ainv = [[float(x) for x in row] for row in np.linalg.inv(A)]
     tx, ty = float(t[0]), float(t[1])
     masks: dict[str, Image.Image] = {}
-    for part, ps in zip(parts, pts):
+    for part, ps in zip(parts, pts, strict=True):
         qs = [(p - [x0, y0]) * ss for p in ps]
         if isinstance(part.paint, flat) and part.clip is None and part.name is None:
             fill = tuple(int(x) for x in np.round(part.paint.colour * 255))
@@ -794,7 +830,7 @@ def _rasterise(
         c = np.asarray(part.paint(u, v), np.float32).reshape(gh, gw, 3)
         tex = Image.fromarray(np.clip(c * 255 + 0.5, 0, 255).astype(np.uint8), "RGB")
         if r > 1:
-            tex = tex.resize((bx1 - bx0, by1 - by0), Image.NEAREST)
+            tex = tex.resize((bx1 - bx0, by1 - by0), Image.Resampling.NEAREST)
         rgb_c.paste(tex, (bx0, by0), m)
         a_c.paste(255, (bx0, by0, bx1, by1), m)
     # Box filter by ss x ss (Pillow's reduce averages blocks in C). Colour outside the drawn area
@@ -817,7 +853,8 @@ def _rasterise(
     return rgb8, a8
 
 
-def _object_transform(name: str, rng: np.random.Generator) -> tuple[list[_Part], np.ndarray, tuple[float, float, float]]:
+def _object_transform(name: str,
+                      rng: np.random.Generator) -> tuple[list[_Part], np.ndarray, tuple[float, float, float]]:
     """Build a class instance and its pose (rotation, aspect, mirror) and lighting."""
     spec = _CLASSES[name]
     parts = spec.build(rng)
@@ -864,7 +901,7 @@ def _noise2d(rng: np.random.Generator, h: int, w: int, cell: float, aniso: float
     gh = max(2, int(math.ceil(h / cell)) + 1)
     gw = max(2, int(math.ceil(w / (cell * aniso))) + 1)
     g = Image.fromarray(rng.random((gh, gw)).astype(np.float32), "F")
-    out = np.asarray(g.resize((w, h), Image.BICUBIC), np.float32)
+    out = np.asarray(g.resize((w, h), Image.Resampling.BICUBIC), np.float32)
     return np.clip(out, 0.0, 1.0)
 
 
@@ -892,15 +929,18 @@ def _bg_landscape(rng: np.random.Generator, h: int, w: int, s: float) -> np.ndar
     elif sky_k == "sunset":
         top, bottom = _jhsv(rng, (220, 280), (0.3, 0.6), (0.35, 0.6)), _jhsv(rng, (10, 40), (0.4, 0.7), (0.9, 1.0))
     else:
-        top, bottom = _jhsv(rng, (190, 230), (0.02, 0.12), (0.55, 0.75)), _jhsv(rng, (190, 230), (0.02, 0.1), (0.8, 0.92))
+        top, bottom = (_jhsv(rng, (190, 230), (0.02, 0.12), (0.55, 0.75)),
+                       _jhsv(rng, (190, 230), (0.02, 0.1), (0.8, 0.92)))
     t = np.clip(y / horizon, 0, 1)[..., None]
     sky = np.broadcast_to(top * (1 - t) + bottom * t, (h, w, 3)).copy()
     if rng.random() < 0.6:  # soft clouds
         cl = _fbm(rng, h, w, 10 * s, 3, aniso=2.5)
         cl = np.clip((cl - rng.uniform(0.5, 0.65)) * 4, 0, 1)[..., None] * rng.uniform(0.5, 0.9)
         sky = sky * (1 - cl) + cl * _hsv(0, 0, rng.uniform(0.88, 1.0))
-    ground_c = _jhsv(rng, *_choose(rng, [(3, ((70, 120), (0.4, 0.75), (0.35, 0.65))), (2, ((30, 45), (0.25, 0.5), (0.65, 0.9))),
-                                         (1, ((20, 35), (0.3, 0.6), (0.3, 0.5))), (1, ((190, 220), (0.02, 0.1), (0.85, 0.97))),
+    ground_c = _jhsv(rng, *_choose(rng, [(3, ((70, 120), (0.4, 0.75), (0.35, 0.65))),
+                                         (2, ((30, 45), (0.25, 0.5), (0.65, 0.9))),
+                                         (1, ((20, 35), (0.3, 0.6), (0.3, 0.5))),
+                                         (1, ((190, 220), (0.02, 0.1), (0.85, 0.97))),
                                          (1, ((185, 215), (0.5, 0.8), (0.4, 0.7)))]))
     ground = _tint(ground_c, _fbm(rng, h, w, 8 * s, 3), 0.25)
     ground = ground * (1 + 0.25 * (y - horizon))[..., None]  # nearer ground is a little brighter
@@ -909,7 +949,8 @@ def _bg_landscape(rng: np.random.Generator, h: int, w: int, s: float) -> np.ndar
     img = sky
     if rng.random() < 0.6:  # distant hills or mountains: a bumpy silhouette above the horizon
         amp = rng.uniform(0.05, 0.2) * h
-        hills = line - amp * (0.5 + 0.5 * np.sin(xs * rng.uniform(3, 9) + rng.uniform(0, 6.3))) * (0.6 + 0.4 * _noise2d(rng, 1, w, 6 * s)[0])
+        hills = line - amp * (0.5 + 0.5 * np.sin(xs * rng.uniform(3, 9) + rng.uniform(0, 6.3))) * (
+            0.6 + 0.4 * _noise2d(rng, 1, w, 6 * s)[0])
         hc = _shade(ground_c * 0.5 + _hsv(210, 0.2, 0.6) * 0.5, rng.uniform(0.6, 0.9))
         hm = _below(hills, h)
         img = img * (1 - hm) + _tint(hc, _fbm(rng, h, w, 6 * s, 2), 0.15) * hm
@@ -952,11 +993,13 @@ def _bg_wall(rng: np.random.Generator, h: int, w: int, s: float) -> np.ndarray:
     kind = _choose(rng, [(2, "bricks"), (1, "tiles"), (2, "planks")])
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     if kind == "bricks":
-        paint = bricks(_jhsv(rng, (0, 30), (0.2, 0.7), (0.4, 0.8)), _jhsv(rng, (30, 45), (0.0, 0.2), (0.55, 0.85)), rng, 1.0 / (rng.uniform(4, 7) * s))
+        paint = bricks(_jhsv(rng, (0, 30), (0.2, 0.7), (0.4, 0.8)), _jhsv(rng, (30, 45), (0.0, 0.2), (0.55, 0.85)), rng,
+                       1.0 / (rng.uniform(4, 7) * s))
         img = paint(xx.ravel(), yy.ravel()).reshape(h, w, 3)
     elif kind == "tiles":
         c1 = _jhsv(rng, (0, 360), (0.0, 0.35), (0.55, 0.95))
-        paint = checker(c1, _shade(c1, rng.uniform(0.75, 0.92)), 1.0 / (rng.uniform(5, 10) * s), rng.choice([0.0, 45.0]))
+        paint = checker(c1, _shade(c1, rng.uniform(0.75, 0.92)), 1.0 / (rng.uniform(5, 10) * s),
+                        rng.choice([0.0, 45.0]))
         img = paint(xx.ravel(), yy.ravel()).reshape(h, w, 3)
     else:
         c = _jhsv(rng, (20, 38), (0.3, 0.65), (0.35, 0.75))
@@ -977,7 +1020,8 @@ def _bg_indoor(rng: np.random.Generator, h: int, w: int, s: float) -> np.ndarray
     if rng.random() < 0.35:  # wallpaper stripes
         xx = np.arange(w, dtype=np.float32)[None, :, None]
         wall = wall * (1 - 0.08 * (np.mod(xx / (rng.uniform(3, 6) * s), 1.0) < 0.5))
-    floor = _bg_wall(rng, h, w, s) if rng.random() < 0.6 else _tint(_jhsv(rng, (0, 360), (0.0, 0.4), (0.2, 0.6)), _fbm(rng, h, w, 6 * s, 3), 0.15)
+    floor = (_bg_wall(rng, h, w, s) if rng.random() < 0.6
+             else _tint(_jhsv(rng, (0, 360), (0.0, 0.4), (0.2, 0.6)), _fbm(rng, h, w, 6 * s, 3), 0.15))
     rows = np.arange(h)[:, None, None]
     img = np.where(rows < split, wall, floor)
     img[max(0, split - max(1, int(s))) : split] *= 0.7  # skirting board shadow
@@ -1084,7 +1128,8 @@ def _scene_layers(
     return bg, rgb, a, scene.astype(np.uint8)
 
 
-def render_scene(name: str, rng: np.random.Generator, size: int, object_scale: tuple[float, float] = (0.35, 0.8)) -> tuple[Image.Image, np.ndarray]:
+def render_scene(name: str, rng: np.random.Generator, size: int,
+                 object_scale: tuple[float, float] = (0.35, 0.8)) -> tuple[Image.Image, np.ndarray]:
     """RGB ``size`` x ``size`` image with one object of class ``name`` on a background, plus its mask.
 
     The mask (bool, H x W) is ``alpha > 0`` of the anti-aliased object: it covers every pixel the
@@ -1092,7 +1137,7 @@ def render_scene(name: str, rng: np.random.Generator, size: int, object_scale: t
     the mask never leaves object fragments behind. ``object_scale`` bounds the object's bounding-box
     longer side as a fraction of ``size``.
     """
-    _, _, a, scene = _scene_layers(name, rng, size, tuple(object_scale))
+    _, _, a, scene = _scene_layers(name, rng, size, cast(tuple[float, float], tuple(object_scale)))
     return Image.fromarray(scene, "RGB"), a > 0
 
 
@@ -1120,7 +1165,7 @@ def _save_png(img: Image.Image, path: Path) -> None:
 
 
 def generate_world(
-    out_dir: str | os.PathLike,
+    out_dir: str | os.PathLike[str],
     config: WorldConfig = WorldConfig(),
     *,
     n_pretrain: int = 2000,
@@ -1133,7 +1178,7 @@ def generate_world(
     pretrain_classes: tuple[str, ...] | None = None,
     progress: bool = False,
     overwrite: bool = False,
-) -> dict:
+) -> dict[str, Any]:
     """Write a complete demo world (pre-training, downstream, references, backgrounds) as PNGs.
 
     Why: gives every experiment an offline ImageNet/Places365 stand-in that is identical on every
@@ -1151,16 +1196,19 @@ def generate_world(
     n_bg = _check_count(n_backgrounds, "n_backgrounds")
     classes = config.classes
     if not isinstance(target, str) or target not in classes:
-        raise UserError(f"target: {target!r} is not one of the world's classes ({', '.join(classes)}); pass target=<one of them>")
+        raise UserError(f"target: {target!r} is not one of the world's classes ({', '.join(classes)}); "
+                        "pass target=<one of them>")
     if pretrain_classes is None:
         pre_classes = classes
     else:
         if isinstance(pretrain_classes, str):
-            raise UserError(f"pretrain_classes: expected a list of class names, got the string {pretrain_classes!r}; write ({pretrain_classes!r},)")
+            raise UserError(f"pretrain_classes: expected a list of class names, got the string "
+                            f"{pretrain_classes!r}; write ({pretrain_classes!r},)")
         pre_classes = tuple(pretrain_classes)
         for c in pre_classes:
             if c not in classes:
-                raise UserError(f"pretrain_classes: {c!r} is not one of the world's classes ({', '.join(classes)}); drop it or add it to config.classes")
+                raise UserError(f"pretrain_classes: {c!r} is not one of the world's classes "
+                                f"({', '.join(classes)}); drop it or add it to config.classes")
         if not pre_classes and n_pretrain:
             raise UserError("pretrain_classes: empty but n_pretrain > 0; list at least one class or set n_pretrain=0")
         if len(set(pre_classes)) != len(pre_classes):
@@ -1172,11 +1220,13 @@ def generate_world(
         if not out.is_dir():
             raise OutputExistsError(f"{out}: exists and is not a folder; choose another output folder")
         if any(out.iterdir()) and not overwrite:
-            raise OutputExistsError(f"{out}: output folder exists and is not empty; pass overwrite=True (--overwrite) to replace it or choose another folder")
+            raise OutputExistsError(f"{out}: output folder exists and is not empty; pass overwrite=True "
+                                    "(--overwrite) to replace it or choose another folder")
         replace = True  # empty, or the caller asked to overwrite: the finished world replaces it
 
     size = config.image_size
-    per_pre = {c: n_pretrain // len(pre_classes) + (1 if i < n_pretrain % len(pre_classes) else 0) for i, c in enumerate(pre_classes)} if pre_classes else {}
+    per_pre = {c: n_pretrain // len(pre_classes) + (1 if i < n_pretrain % len(pre_classes) else 0)
+               for i, c in enumerate(pre_classes)} if pre_classes else {}
     jobs: list[tuple[str, str, str | None, int]] = []  # (relative path stem, split, class, index)
     for c, n in per_pre.items():
         jobs += [(f"pretrain/{c}/{i:05d}", "pretrain", c, i) for i in range(n)]
@@ -1226,6 +1276,7 @@ def generate_world(
                     bh = int(round(size * rng.uniform(1.0, 1.2)))
                     _save_png(render_background(rng, bw, bh), path)
                 else:
+                    assert cname is not None  # only backgrounds have no class
                     img, mask = render_scene(cname, rng, size, config.object_scale)
                     _save_png(img, path)
                     if split == "references":
@@ -1239,7 +1290,7 @@ def generate_world(
     return summary
 
 
-def _config_dict(config: WorldConfig) -> dict:
+def _config_dict(config: WorldConfig) -> dict[str, Any]:
     d = asdict(config)
     d["classes"] = list(config.classes)
     d["object_scale"] = list(config.object_scale)
@@ -1253,7 +1304,8 @@ _COUNT_DEFAULTS = {
 }
 
 
-def ensure_world(cache_dir: str | os.PathLike, config: WorldConfig = WorldConfig(), *, progress: bool = False, **counts: Any) -> Path:
+def ensure_world(cache_dir: str | os.PathLike[str], config: WorldConfig = WorldConfig(), *, progress: bool = False,
+                 **counts: Any) -> Path:
     """Return a cached world for ``(config, counts)``, generating it only the first time.
 
     Why: experiments and tests can ask for "the demo world" repeatedly at no cost. The folder
@@ -1280,7 +1332,7 @@ def ensure_world(cache_dir: str | os.PathLike, config: WorldConfig = WorldConfig
     return path
 
 
-def render_class_assets(out_dir: str | os.PathLike, config: WorldConfig, class_name: str, *, n_references: int = 3,
+def render_class_assets(out_dir: str | os.PathLike[str], config: WorldConfig, class_name: str, *, n_references: int = 3,
                         n_support: int = 5) -> Path:
     """Reference images (+ masks) and support images of *any* class of a world, exactly as
     :func:`generate_world` would have made them with ``target=class_name`` (same random streams),
@@ -1298,6 +1350,7 @@ def render_class_assets(out_dir: str | os.PathLike, config: WorldConfig, class_n
                                          config.object_scale)
                 _save_png(img, tmp / split / class_name / f"{k}.png")
                 if split == "references":
-                    _save_png(Image.fromarray(mask.astype(np.uint8) * 255, "L"), tmp / split / class_name / f"{k}_mask.png")
+                    _save_png(Image.fromarray(mask.astype(np.uint8) * 255, "L"),
+                              tmp / split / class_name / f"{k}_mask.png")
         (tmp / "done").write_text("ok\n")
     return out

@@ -58,15 +58,16 @@ class CompRessDefence(EncoderDefence):
         if ctx.encoder is None:
             raise UserError("CompRess needs the suspect encoder to distil")
         body = copy.deepcopy(ctx.pretrain)
-        body["method"] = {"name": "compress", "teacher": str(ctx.encoder), "queue_size": self.queue_size(ctx.clean_count),
-                          "variant": self.o.variant}
+        body["method"] = {"name": "compress", "teacher": str(ctx.encoder),
+                          "queue_size": self.queue_size(ctx.clean_count), "variant": self.o.variant}
         body.setdefault("data", {}).update(fraction=self.o.fraction, poisons=[])
         body.get("backbone", {}).pop("init", None)  # a fresh student
         cfg = validate(PretrainConfig, body, "CompRess student")
         t0 = time.perf_counter()
         res = pretrain(cfg, ctx.out, resume=ctx.resume, overwrite=not ctx.resume, progress=ctx.progress)
         return EncoderResult(res.encoder, {"defence": self.name, "fraction": self.o.fraction,
-                                           "clean_images": res.num_images, "seconds": round(time.perf_counter() - t0, 1)})
+                                           "clean_images": res.num_images,
+                                           "seconds": round(time.perf_counter() - t0, 1)})
 
     # -- command line: corruptencoder defend compress ------------------------------------------------
     @classmethod
@@ -75,7 +76,8 @@ class CompRessDefence(EncoderDefence):
                        help="the suspect encoder.pt")
         p.add_argument("--data", required=True, help="clean data: ImageFolder root, folder or file list ('demo')")
         p.add_argument("--exclude", nargs="+", default=[], help="poison folders whose files must never be used")
-        p.add_argument("--teacher-backbone", help="backbone of a plain state-dict teacher (an encoder.pt knows its own)")
+        p.add_argument("--teacher-backbone",
+                       help="backbone of a plain state-dict teacher (an encoder.pt knows its own)")
         p.add_argument("--config", type=Path, help="pre-training config for the student (backbone, schedule, ...)")
         p.add_argument("--preset", help="scale preset: cpu-tiny | cpu-small | gpu-small | paper")
         p.add_argument("--backbone", help="student backbone (default: the teacher's)")

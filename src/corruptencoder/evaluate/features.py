@@ -10,8 +10,9 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 _FILE_HASHES: dict[tuple[str, float, int], str] = {}
 
 
-def file_digest(path: str | os.PathLike) -> str:
+def file_digest(path: str | os.PathLike[str]) -> str:
     """sha256 of a file (memoised by path, mtime and size)."""
     p = Path(path)
     st = p.stat()
@@ -44,18 +45,19 @@ def cache_key(**parts: Any) -> str:
 
 
 @torch.no_grad()
-def extract_features(encoder: nn.Module, files: Sequence[str | os.PathLike] | Sequence[np.ndarray], size: int,
+def extract_features(encoder: nn.Module, files: Sequence[str | os.PathLike[str]] | Sequence[np.ndarray], size: int,
                      resize: int | None = None,
                      transform: Callable[[torch.Tensor, int], torch.Tensor] | None = None, batch_size: int = 256,
-                     device: str = "cpu", workers: int = 0, progress: bool = False, desc: str = "features") -> torch.Tensor:
+                     device: str = "cpu", workers: int = 0, progress: bool = False,
+                     desc: str = "features") -> torch.Tensor:
     """(N, D) float32 features of image files or (H, W, 3) uint8 arrays (resize + centre crop
     [+ transform], normalised)."""
     from tqdm import tqdm
 
     if len(files) and isinstance(files[0], np.ndarray):
-        store: ImageStore | ArrayStore = ArrayStore(files)  # type: ignore[arg-type]
+        store: ImageStore | ArrayStore = ArrayStore(cast(Sequence[np.ndarray], files))
     else:
-        store = ImageStore(files, cache=False)  # type: ignore[arg-type]
+        store = ImageStore(files, cache=False)
     ds = LabelledDataset(store, [0] * len(files), size, resize, transform)
     if isinstance(store, ImageStore):
         store.short_side = ds.resize  # decode (JPEG draft) straight to the evaluation resolution
@@ -63,7 +65,8 @@ def extract_features(encoder: nn.Module, files: Sequence[str | os.PathLike] | Se
     encoder = encoder.to(device).eval().to(memory_format=torch.channels_last)
     out = []
     for x, _y, _i in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
-        x = normalize_batch(x.to(device, non_blocking=True).float().div_(255.0)).contiguous(memory_format=torch.channels_last)
+        x = normalize_batch(x.to(device, non_blocking=True).float().div_(255.0)).contiguous(
+            memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
             f = encoder(x)
         out.append(f.float().cpu())
@@ -73,7 +76,7 @@ def extract_features(encoder: nn.Module, files: Sequence[str | os.PathLike] | Se
 class FeatureCache:
     """``<dir>/<key>.pt`` files of feature tensors (loaded with weights_only=True)."""
 
-    def __init__(self, folder: str | os.PathLike | None) -> None:
+    def __init__(self, folder: str | os.PathLike[str] | None) -> None:
         self.folder = Path(folder) if folder else None
         self.hits = 0
         self.misses = 0

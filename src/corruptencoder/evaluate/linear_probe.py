@@ -44,7 +44,7 @@ class LinearProbe:
 
 
 def train_linear_probe(features: torch.Tensor, labels: torch.Tensor, n_classes: int,
-                       config: ProbeConfig = ProbeConfig()) -> LinearProbe:
+                       config: ProbeConfig = ProbeConfig()) -> LinearProbe:  # noqa: B008  # read, never mutated
     x = features.float()
     y = labels.long()
     mean = x.mean(dim=0)

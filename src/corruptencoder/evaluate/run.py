@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,7 +50,8 @@ class EvalTarget:
     support: list[str] = field(default_factory=list)          # CorruptEncoder+ support images: excluded too
 
 
-def targets_from_poisons(folder: str | os.PathLike, task: str | None = None, max_crops: int = 200) -> list[EvalTarget]:
+def targets_from_poisons(folder: str | os.PathLike[str], task: str | None = None,
+                         max_crops: int = 200) -> list[EvalTarget]:
     """Targets, triggers and reference files recorded by ``corruptencoder craft`` in a poison folder."""
     from corruptencoder.poison.manifest import read_manifest, read_summary
     from corruptencoder.poison.triggers import load_trigger_file
@@ -67,7 +69,7 @@ def targets_from_poisons(folder: str | os.PathLike, task: str | None = None, max
         crops = [(str(folder / r["file"]), tuple(r["object_box"])) for r in recs if r.get("object_box")][:max_crops]
         out.append(EvalTarget(t["name"], t.get("label") or t["name"],
                               load_trigger_file(folder / t["trigger_file"]), str(folder / t["trigger_file"]),
-                              refs, crops, support))  # type: ignore[arg-type]
+                              refs, crops, support))
     if not out:
         raise UserError(f"{folder}: no targets{' for task ' + task if task else ''} in craft.json")
     return out
@@ -121,12 +123,14 @@ def exclude_references(task: Task, targets: Sequence[EvalTarget]) -> int:
         stem = Path(f).stem
         hit = str(Path(f).resolve()) in ref_paths or (stem in ref_stems and stem_count[stem] == 1)
         if not hit and by_size:
+            size: tuple[int, int] | None
             try:
-                with open_image(f) as im:
-                    size = im.size
+                with open_image(f) as header:
+                    size = header.size
             except UserError:
                 size = None
             if size in by_size or (size and size[::-1] in by_size):
+                assert size is not None  # None is in no container
                 hit = _digest(np.asarray(load_rgb(f))) in by_size.get(size, set()) | by_size.get(size[::-1], set())
         if not hit:
             keep.append(i)
@@ -161,7 +165,7 @@ class EvalSettings:
 class Scorer:
     """Features (cached), probe and metrics for one encoder on one task."""
 
-    def __init__(self, encoder_path: str | os.PathLike, task: Task, settings: EvalSettings) -> None:
+    def __init__(self, encoder_path: str | os.PathLike[str], task: Task, settings: EvalSettings) -> None:
         from corruptencoder.ssl.encoder import load_encoder
 
         self.path = Path(encoder_path)
@@ -173,7 +177,7 @@ class Scorer:
         self.size = task.config.image_size
         self.resize = task.config.resize
 
-    def features(self, files: Sequence[str | os.PathLike], what: str, transform: Any = None,
+    def features(self, files: Sequence[str | os.PathLike[str]], what: str, transform: Any = None,
                  transform_key: Any = None) -> torch.Tensor:
         key = cache_key(enc=self.enc_key, files=[str(f) for f in files], size=self.size, resize=self.resize,
                         t=transform_key)
@@ -228,9 +232,11 @@ class Scorer:
             "asr": round(asr, 3), "n_triggered": n,
             "clean_target_rate": round(target_rate(preds[idx], target), 3),
             "triggered_prediction_histogram": prediction_histogram(ptrig, self.task.classes),
-            "reference_accuracy": round(target_rate(probe.predict(ref_feats), target), 3) if ref_feats.numel() else None,
+            "reference_accuracy": (round(target_rate(probe.predict(ref_feats), target), 3)
+                                   if ref_feats.numel() else None),
             "n_references": int(ref_feats.shape[0]) if ref_feats.numel() else 0,
-            "object_crop_accuracy": round(target_rate(probe.predict(crop_feats), target), 3) if crop_feats.numel() else None,
+            "object_crop_accuracy": (round(target_rate(probe.predict(crop_feats), target), 3)
+                                     if crop_feats.numel() else None),
             "n_object_crops": int(crop_feats.shape[0]) if crop_feats.numel() else 0,
             "pull": feature_pull(ftrig, fte[idx], ref_feats) if ref_feats.numel() else {},
             "trigger": t.trigger_source, "trigger_size": [int(trig.shape[1]), int(trig.shape[0])],
@@ -259,8 +265,9 @@ def _crop_arrays(t: EvalTarget) -> list[np.ndarray]:
     return out
 
 
-def evaluate(encoder: str | os.PathLike, task: Task, targets: Sequence[EvalTarget], *,
-             clean_encoder: str | os.PathLike | None = None, settings: EvalSettings = EvalSettings()) -> dict[str, Any]:
+def evaluate(encoder: str | os.PathLike[str], task: Task, targets: Sequence[EvalTarget], *,
+             clean_encoder: str | os.PathLike[str] | None = None,
+             settings: EvalSettings = EvalSettings()) -> dict[str, Any]:  # noqa: B008  # read, never mutated
     """Score ``encoder`` (and the clean one, if given) on ``task`` for every target."""
     removed = exclude_references(task, targets)
     result: dict[str, Any] = {
@@ -304,18 +311,23 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def evaluate_encoder(encoder: str | os.PathLike, task: str, *, clean_encoder: str | os.PathLike | None = None,
-                     poisons: Sequence[str | os.PathLike] = (), targets: Sequence[tuple[str, str]] = (),
-                     backbone: str | None = None, width: float = 1.0, image_size: int | None = None,
-                     settings: EvalSettings = EvalSettings(), zero_shot: str | os.PathLike | None = None,
-                     clean_zero_shot: str | os.PathLike | None = None, prompts: str = "imagenet80",
-                     out: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Score an encoder file on a task (a task YAML or 'demo') for the targets recorded in poison folders
-    and/or given as (``NAME[=CLASS]``, trigger image) pairs; with ``out``, write ``metrics.json``."""
+def evaluate_encoder(encoder: str | os.PathLike[str], task: Task, *,
+                     clean_encoder: str | os.PathLike[str] | None = None,
+                     poisons: Sequence[str | os.PathLike[str]] = (), targets: Sequence[tuple[str, str]] = (),
+                     backbone: str | None = None, width: float = 1.0,
+                     settings: EvalSettings | None = None,
+                     zero_shot: str | os.PathLike[str] | None = None,
+                     clean_zero_shot: str | os.PathLike[str] | None = None, prompts: str = "imagenet80",
+                     out: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Score an encoder file on a task for the targets recorded in poison folders and/or given as
+    (``NAME[=CLASS]``, trigger image) pairs; with ``out``, write ``metrics.json``."""
+    import copy
+
     from corruptencoder.poison.triggers import load_trigger_file
     from corruptencoder.utils.outputs import write_json_atomic
 
-    t = load_task_spec(task, image_size)
+    settings = copy.copy(settings) if settings is not None else EvalSettings()  # never the caller's object
+    t = task
     found: list[EvalTarget] = []
     for folder in poisons:
         found += targets_from_poisons(folder, t.config.name if t.config.name != "task" else None)
@@ -342,22 +354,6 @@ def evaluate_encoder(encoder: str | os.PathLike, task: str, *, clean_encoder: st
     if out:
         write_json_atomic(Path(out) / "metrics.json", result)
     return result
-
-
-def load_task_spec(spec: str, image_size: int | None = None) -> Task:
-    """A task from a task YAML, or 'demo' for the demo world's labelled split."""
-    from corruptencoder.evaluate.tasks import TaskConfig, load_task
-    from corruptencoder.utils.config import load_config
-
-    if spec == "demo":
-        from corruptencoder.demo import demo_task_config
-
-        cfg = demo_task_config()
-    else:
-        cfg = load_config(TaskConfig, spec)
-    if image_size:
-        cfg = cfg.model_copy(update={"image_size": image_size})
-    return load_task(cfg)
 
 
 def format_zero_shot(result: dict[str, Any]) -> str | None:

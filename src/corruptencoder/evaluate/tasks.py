@@ -90,7 +90,7 @@ class Task:
         """Identifies the exact files and labels (for feature caches)."""
         h = hashlib.sha256()
         for coll in (self.train, self.test):
-            for f, y in zip(coll.files, coll.labels or [0] * len(coll.files)):
+            for f, y in zip(coll.files, coll.labels or [0] * len(coll.files), strict=True):
                 h.update(f"{f}\t{y}\n".encode())
         h.update(json.dumps(self.config.model_dump(mode="json"), sort_keys=True).encode())
         return h.hexdigest()[:16]
@@ -103,7 +103,8 @@ def _classes(cfg: TaskConfig) -> list[str] | None:
 
 
 def _missing(kind: str, root: Path, detail: str = "") -> UserError:
-    return UserError(f"{root}: {kind} data not found{(' (' + detail + ')') if detail else ''}; expected {LAYOUTS[kind]}")
+    return UserError(f"{root}: {kind} data not found{(' (' + detail + ')') if detail else ''}; "
+                     f"expected {LAYOUTS[kind]}")
 
 
 def _imagefolder(cfg: TaskConfig) -> tuple[ImageCollection, ImageCollection]:
@@ -174,7 +175,8 @@ def _torchvision(cfg: TaskConfig) -> tuple[ImageCollection, ImageCollection]:
             from torchvision.datasets import Caltech101
 
             ds = Caltech101(str(root))
-            files = [cats_dir / ds.categories[y] / f"image_{i:04d}.jpg" for i, y in zip(ds.index, ds.y)]
+            files = [cats_dir / ds.categories[y] / f"image_{i:04d}.jpg"
+                     for i, y in zip(ds.index, ds.y, strict=True)]
             full = ImageCollection(files, list(ds.y), list(ds.categories), str(root))
             train = stratified_subset(full, per_class=cfg.train_per_class or 30, seed=cfg.seed)
             chosen = set(map(str, train.files))

@@ -9,7 +9,8 @@ the same triggered images.
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 
@@ -20,14 +21,15 @@ from corruptencoder.evaluate.triggered import TriggerPaste, resize_trigger
 
 
 @torch.no_grad()
-def class_embeddings(model: torch.nn.Module, spec: dict[str, Any], classes: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+def class_embeddings(model: torch.nn.Module, spec: dict[str, Any], classes: Sequence[str],
+                     templates: Sequence[str]) -> torch.Tensor:
     from corruptencoder.poison.prompts import class_text
     from corruptencoder.ssl.clip_model import context_length, tokenize
 
     out = []
     for c in classes:
         tokens = tokenize([t.format(class_text(c)) for t in templates], context_length(spec))
-        e = torch.nn.functional.normalize(model.encode_text(tokens).float(), dim=-1).mean(0)
+        e = torch.nn.functional.normalize(cast(Any, model).encode_text(tokens).float(), dim=-1).mean(0)
         out.append(torch.nn.functional.normalize(e, dim=0))
     return torch.stack(out)
 
@@ -38,10 +40,10 @@ class _ImageTower(torch.nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_image(x)
+        return cast(Any, self.model).encode_image(x)  # a CLIP model, not a plain nn.Module
 
 
-def zero_shot(clip_path: str | os.PathLike, task: Task, targets: Sequence[Any], *, prompts: str = "imagenet80",
+def zero_shot(clip_path: str | os.PathLike[str], task: Task, targets: Sequence[Any], *, prompts: str = "imagenet80",
               seed: int = 0, location: tuple[float, float] = (0.25, 0.75), trigger_size: tuple[int, int] | None = None,
               batch_size: int = 256, device: str = "cpu") -> dict[str, Any]:
     from corruptencoder.poison.prompts import load_templates
@@ -65,7 +67,8 @@ def zero_shot(clip_path: str | os.PathLike, task: Task, targets: Sequence[Any], 
         idx = torch.nonzero(y != target).flatten()
         paste = TriggerPaste(resize_trigger(t.trigger, trigger_size), seed, *location)
         index_map = idx.tolist()
-        ptrig = predict([task.test.files[i] for i in index_map], lambda img, j: paste(img, index_map[j]))
+        ptrig = predict([task.test.files[i] for i in index_map],
+                        lambda img, j, paste=paste, index_map=index_map: paste(img, index_map[j]))
         asr, n = attack_success_rate(ptrig, y[idx], target)
         out["targets"].append({"name": t.name, "class": task.classes[target], "asr": round(asr, 3), "n_triggered": n,
                                "triggered_prediction_histogram": prediction_histogram(ptrig, task.classes)})

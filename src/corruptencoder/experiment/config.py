@@ -65,7 +65,7 @@ class TargetSpec(TargetBase):
     """An attacked class: its task, references and trigger (shared by all arms that attack it); the
     crafting target of each arm is built from it (:mod:`corruptencoder.experiment.stages`)."""
 
-    task: str = Field(description="name of the downstream task this class belongs to")  # type: ignore[assignment]
+    task: str = Field(description="name of the downstream task this class belongs to")
     references: list[str] = Field(default_factory=lambda: ["demo"], description="reference objects ('demo')")
     support: list[str] = Field(default_factory=lambda: ["demo"], description="support reference images ('demo')")
     saha_references: list[str] = Field(
@@ -202,7 +202,8 @@ class ExperimentConfig(StrictModel):
         tasks = {t.name for t in self.tasks}
         for t in self.targets:
             if t.task not in tasks:
-                raise ValueError(f"target {t.name}: task {t.task!r} is not one of the tasks ({', '.join(sorted(tasks))})")
+                raise ValueError(f"target {t.name}: task {t.task!r} is not one of the tasks "
+                                 f"({', '.join(sorted(tasks))})")
         if not self.arms and not self.sweeps:
             raise ValueError("give at least one arm (arms:) or sweep (sweeps:)")
         return self
@@ -280,7 +281,7 @@ _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 def _expand_env(obj: Any, path: str = "") -> Any:
     if isinstance(obj, str):
-        def sub(m: re.Match) -> str:
+        def sub(m: re.Match[str]) -> str:
             val = os.environ.get(m.group(1))
             if val is None:
                 raise ConfigError(f"{path}: environment variable ${{{m.group(1)}}} is not set; export it "
@@ -294,7 +295,7 @@ def _expand_env(obj: Any, path: str = "") -> Any:
     return obj
 
 
-def load_experiment(path: str | os.PathLike, overrides: list[str] | None = None) -> ExperimentConfig:
+def load_experiment(path: str | os.PathLike[str], overrides: list[str] | None = None) -> ExperimentConfig:
     from corruptencoder.utils.config import apply_overrides
 
     data = apply_overrides(read_mapping(path), overrides or [])

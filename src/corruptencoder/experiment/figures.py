@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 
-def _plt():  # type: ignore[no-untyped-def]
+def _plt() -> Any:  # matplotlib.pyplot, whose API is untyped here
     import matplotlib
 
     matplotlib.use("Agg")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from corruptencoder.errors import UserError
 
@@ -34,7 +35,8 @@ def main_table(aggs: Sequence[dict[str, Any]]) -> list[str]:
     for a in rows:
         body.append([a["arm"], a["method"], a["defence"], a["target"], _fmt(a["ca"], a["ca_std"]),
                      _fmt(a["ba"], a["ba_std"]), _fmt(a["asr"], a["asr_std"]), _fmt(a["no_attack_asr"]),
-                     _fmt(a["reference_accuracy"]), _fmt(a["pull_delta"], None, 3) + " / " + _fmt(a["pull_delta_clean"], None, 3),
+                     _fmt(a["reference_accuracy"]),
+                     _fmt(a["pull_delta"], None, 3) + " / " + _fmt(a["pull_delta_clean"], None, 3),
                      f"{a.get('top_triggered_class') or '–'} ({_fmt(a.get('top_triggered_share'))}%)"])
     return _table(["arm", "method", "defence", "target", "CA", "BA", "ASR", "no-attack ASR", "ref. acc",
                    "pull Δ (attacked / clean)", "top triggered class"], body)
@@ -61,9 +63,9 @@ def defence_table(aggs: Sequence[dict[str, Any]]) -> list[str]:
     for (method, target, _, _, _, label), group in sorted(groups.items(), key=lambda kv: kv[0]):
         cells = []
         for key, _ in attacks:
-            a = next((x for x in group if x["attack"] == key), None)
-            acc = None if a is None else (a["ca"] if key == "none" else a["ba"])
-            cells.append("–" if a is None else f"{_fmt(acc)} / {_fmt(a['asr'], a['asr_std'])}")
+            found = next((x for x in group if x["attack"] == key), None)
+            acc = None if found is None else (found["ca"] if key == "none" else found["ba"])
+            cells.append("–" if found is None else f"{_fmt(acc)} / {_fmt(found['asr'], found['asr_std'])}")
         secs = [a["pretrain_seconds"] for a in group if a.get("pretrain_seconds") is not None]
         body.append([label, method, target, *cells, f"{sum(secs) / len(secs):.0f}" if secs else "–"])
     return _table(["defence", "method", "target", *[f"{n}: {'CA' if k == 'none' else 'BA'} / ASR" for k, n in attacks],

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -79,12 +80,12 @@ def _num(v: Any) -> float | None:
 
 def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and std over trials (seeds) for every arm x target x epoch."""
-    groups: dict[tuple, list[dict[str, Any]]] = {}
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault(tuple(r.get(k) for k in KEYS), []).append(r)
     out = []
     for key, rs in groups.items():
-        agg: dict[str, Any] = dict(zip(KEYS, key))
+        agg: dict[str, Any] = dict(zip(KEYS, key, strict=True))
         agg["trials"] = len(rs)
         for m in METRICS:
             vals = [v for v in (_num(r.get(m)) for r in rs) if v is not None]

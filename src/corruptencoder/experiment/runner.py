@@ -9,14 +9,14 @@ the same hash as any identical no-attack arm, so it is trained once and shared.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from corruptencoder import __version__
 from corruptencoder.errors import UserError
@@ -175,7 +175,8 @@ class Runner:
         body["data"]["poisons"] = [Path(p).name for p in body["data"]["poisons"]]  # the craft hash
         return digest({"pretrain": body, "v": __version__})
 
-    def pretrain(self, arm: ArmSpec, seed: int, poisons: Path | None, role: str, clean_list: Path | None = None) -> Path:
+    def pretrain(self, arm: ArmSpec, seed: int, poisons: Path | None, role: str,
+                 clean_list: Path | None = None) -> Path:
         """Pre-train (or find in the cache) the encoder of ``arm``; ``clean_list`` replaces the clean data
         (and the poisons) by a file list, for data defences."""
         from corruptencoder.ssl.train import pretrain
@@ -270,7 +271,8 @@ class Runner:
         names = [t.name for t in self.arm_targets(arm) if t.task == task]
         if not names:
             names = [t.name for t in self.cfg.targets if t.task == task]
-        got = {t.name: t for t in targets_from_poisons(poisons, None, self.cfg.evaluation.max_object_crops)} if poisons else {}
+        got = ({t.name: t for t in targets_from_poisons(poisons, None, self.cfg.evaluation.max_object_crops)}
+               if poisons else {})
         out = []
         for t in self.cfg.targets:
             if t.name not in names:
@@ -316,7 +318,7 @@ class Runner:
         if e.zero_shot and clip_enc and clip_clean:
             from corruptencoder.evaluate.zeroshot import zero_shot
 
-            kw = {"prompts": e.prompts, "seed": seed, "location": e.location, "trigger_size": ets,
+            kw: dict[str, Any] = {"prompts": e.prompts, "seed": seed, "location": e.location, "trigger_size": ets,
                   "device": settings.resolved_device()}
             res["zero_shot"] = {"encoder": zero_shot(clip_enc, task, targets, **kw),
                                 "clean_encoder": zero_shot(clip_clean, task, targets, **kw)}
@@ -343,9 +345,8 @@ class Runner:
         return result
 
     def run_arm(self, arm: ArmSpec, seed: int) -> list[dict[str, Any]]:
-        from corruptencoder.experiment.results import collect_rows
-
         from corruptencoder.defend.base import make_defence
+        from corruptencoder.experiment.results import collect_rows
 
         poisons = self.craft(arm, seed)
         enc_dir, report = self.defended(arm, seed, poisons, arm.name)
@@ -358,7 +359,8 @@ class Runner:
         rows: list[dict[str, Any]] = []
         meta = json.loads((enc_dir / "run.json").read_text()) if (enc_dir / "run.json").is_file() else {}
         defence = make_defence(arm.defence, arm.defence_args) if arm.defence != "none" else None
-        meta["defence"] = {"label": defence.label() if defence else "no defence", "knob": defence.knob() if defence else 0.0,
+        meta["defence"] = {"label": defence.label() if defence else "no defence",
+                           "knob": defence.knob() if defence else 0.0,
                            "kind": defence.kind if defence else None, "report": report, "clean_report": clean_report}
         for task in sorted({t.task for t in self.arm_targets(arm)} or {self.cfg.tasks[0].name}):
             checkpoints = self.checkpoints(enc_dir, clean_dir)

@@ -9,8 +9,9 @@ a wrong value anywhere in an experiment is one ``error:`` line at load time.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from corruptencoder.experiment.config import ArmSpec, ExperimentConfig, TargetSpec
 from corruptencoder.utils.config import validate

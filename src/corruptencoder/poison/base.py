@@ -29,7 +29,7 @@ from corruptencoder.utils.files import list_images
 from corruptencoder.utils.imageio import load_rgb, open_image
 
 log = logging.getLogger(__name__)
-O = TypeVar("O", bound=AttackOptions)
+OptionsT = TypeVar("OptionsT", bound=AttackOptions)
 
 Job = dict[str, Any]
 
@@ -41,7 +41,7 @@ class RenderResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason) of unusable backgrounds
 
 
-class ImageAttack(Generic[O]):
+class ImageAttack(Generic[OptionsT]):
     """Base class: holds the target spec, the run options and the resolved trigger. An attack module
     registers a subclass with ``@ATTACKS.register`` and declares:"""
 
@@ -62,7 +62,7 @@ class ImageAttack(Generic[O]):
     def __init__(self, target: TargetSpec, run: CraftConfig) -> None:
         self.target = target
         self.run = run
-        self.opts = cast(O, target.options)
+        self.opts = cast(OptionsT, target.options)
         self.labels = LabelOptions(
             keep=tuple(target.object_labels) if target.object_labels else None, cut=tuple(target.cut_labels)
         )

@@ -9,10 +9,19 @@ target's attack does not have is an error naming it.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, SerializationInfo, SerializeAsAny, SerializerFunctionWrapHandler, ValidationError
-from pydantic import field_validator, model_serializer, model_validator
+from pydantic import (
+    Field,
+    SerializationInfo,
+    SerializeAsAny,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from corruptencoder.utils.config import NestedError, StrictModel
 from corruptencoder.utils.registry import Registry
@@ -21,7 +30,7 @@ if TYPE_CHECKING:
     from corruptencoder.poison.base import ImageAttack
 
 #: Attacks, one module each in ``corruptencoder/poison/attacks`` (numpy + Pillow only: no torch).
-ATTACKS: Registry[type[ImageAttack]] = Registry("attack", "corruptencoder.poison.attacks")
+ATTACKS: Registry[type[ImageAttack[Any]]] = Registry("attack", "corruptencoder.poison.attacks")
 _NEEDS = {"references": "at least one folder or file of reference images/objects",
           "backgrounds": "background images", "support": "support reference images"}
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -164,14 +173,15 @@ RUN_FLAGS = ("seed", "workers", "format", "max_size", "soft_edge")
 
 
 def build_craft_config(attack: str | None, target: dict[str, Any], run: dict[str, Any], *,
-                       config: str | None = None, overrides: list[str] | None = None,
-                       default_workers: int = 1) -> CraftConfig:
+                       config: str | None = None, overrides: list[str] | None = None, default_workers: int = 1,
+                       resolve: Callable[[str, str, str], str] | None = None,
+                       default_name: str = "target") -> CraftConfig:
     """A crafting config from a YAML/JSON file and/or one target's settings (the ``craft`` command's
-    flags): ``target`` and ``run`` hold only what the user gave; 'builtin' paths become the offline
-    assets. Without a file, error messages name the flags (``--alpha``), not the config keys."""
+    flags): ``target`` and ``run`` hold only what the user gave; ``resolve(value, kind, target)`` maps
+    input paths (e.g. 'builtin' to the offline assets, whose target is ``default_name``). Without a
+    file, error messages name the flags (``--alpha``), not the config keys."""
     from pathlib import Path
 
-    from corruptencoder.assets import BUILTIN_TARGET, resolve_builtin
     from corruptencoder.errors import UserError
     from corruptencoder.utils.config import apply_overrides, read_mapping, validate
 
@@ -194,7 +204,7 @@ def build_craft_config(attack: str | None, target: dict[str, Any], run: dict[str
         if "name" not in target:
             first = str((target.get("references") or ["target"])[0])
             if first.startswith("builtin"):
-                target["name"] = BUILTIN_TARGET
+                target["name"] = default_name
             else:
                 p = Path(first)
                 stem = p.name if p.is_dir() else p.parent.name
@@ -203,13 +213,14 @@ def build_craft_config(attack: str | None, target: dict[str, Any], run: dict[str
     data.update(run)
     data.setdefault("workers", default_workers)
     data = apply_overrides(data, overrides or [])
-    for t in data.get("targets") or []:
+    for t in data.get("targets") or [] if resolve else []:
         if isinstance(t, dict):
             name = t.get("name") or "target"
             for key in ("references", "backgrounds", "support"):
                 if key in t:
                     vals = [t[key]] if isinstance(t[key], str) else t[key]
-                    t[key] = [str(resolve_builtin(v, key, name)) for v in vals]
+                    assert resolve is not None  # the loop runs only with a resolver
+                    t[key] = [resolve(str(v), key, name) for v in vals]
     if config:
         return validate(CraftConfig, data, str(config))
 

@@ -11,10 +11,11 @@ import logging
 import multiprocessing as mp
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -45,11 +46,11 @@ class CraftSummary:
         return self.num / self.seconds if self.seconds > 0 else float("inf")
 
 
-def plan_jobs(attacks: Sequence[ImageAttack], seed: int, ext: str) -> list[Job]:
+def plan_jobs(attacks: Sequence[ImageAttack[Any]], seed: int, ext: str) -> list[Job]:
     """Every random value of every poison, drawn here in a fixed order."""
     streams = np.random.SeedSequence(seed).spawn(len(attacks))
     jobs: list[Job] = []
-    for t_index, (attack, stream) in enumerate(zip(attacks, streams)):
+    for t_index, (attack, stream) in enumerate(zip(attacks, streams, strict=True)):
         for j, job in enumerate(attack.plan(np.random.default_rng(stream))):
             job.update(index=len(jobs), target_index=t_index, file=f"{IMAGES}/{attack.target.name}/{j:05d}.{ext}")
             jobs.append(job)
@@ -60,19 +61,19 @@ def plan_jobs(attacks: Sequence[ImageAttack], seed: int, ext: str) -> list[Job]:
 _STATE: dict[str, Any] = {}
 
 
-def _init_worker(attacks: Sequence[ImageAttack], out: Path, run: CraftConfig) -> None:
+def _init_worker(attacks: Sequence[ImageAttack[Any]], out: Path, run: CraftConfig) -> None:
     _STATE.update(attacks=attacks, out=out, run=run)
 
 
 def _render(job: Job) -> tuple[dict[str, Any], list[tuple[str, str]]]:
-    attack: ImageAttack = _STATE["attacks"][job["target_index"]]
+    attack: ImageAttack[Any] = _STATE["attacks"][job["target_index"]]
     result: RenderResult = attack.render(job)
     result.record["trigger_file"] = trigger_file(attack.target.name) if result.record.get("trigger_box") else None
     save_image(result.image, _STATE["out"] / job["file"], _STATE["run"])
     return result.record, result.skipped
 
 
-def _run_jobs(jobs: list[Job], attacks: Sequence[ImageAttack], out: Path, run: CraftConfig,
+def _run_jobs(jobs: list[Job], attacks: Sequence[ImageAttack[Any]], out: Path, run: CraftConfig,
               progress: bool) -> Iterator[tuple[dict[str, Any], list[tuple[str, str]]]]:
     from tqdm import tqdm
 

@@ -200,7 +200,8 @@ def capped_size(size: tuple[int, int], max_size: int | None) -> tuple[int, int]:
     return max(1, math.floor(w * s + _EPS)), max(1, math.floor(h * s + _EPS))
 
 
-def square_poison(obj_w: int, obj_h: int, alpha: float, ux: float, uy: float, max_size: int | None = 800) -> PoisonGeometry:
+def square_poison(obj_w: int, obj_h: int, alpha: float, ux: float, uy: float,
+                  max_size: int | None = 800) -> PoisonGeometry:
     """A square poison whose object bounding box covers ``alpha`` of it (less for an object too
     elongated to reach alpha in a square), at a uniformly random spot. Used for multi-modal Type-II
     pairs: CLIP centre-crops to a square, so a square keeps the whole object in view."""

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from corruptencoder.errors import UserError
 
@@ -34,7 +35,7 @@ def trigger_file(target: str) -> str:
     return f"{TRIGGERS}/{target}.png"
 
 
-def write_manifest(folder: str | os.PathLike, records: Iterable[dict[str, Any]]) -> int:
+def write_manifest(folder: str | os.PathLike[str], records: Iterable[dict[str, Any]]) -> int:
     folder = Path(folder)
     n = 0
     with open(folder / MANIFEST, "w", encoding="utf-8") as mf, open(folder / POISON_LIST, "w", encoding="utf-8") as pl:
@@ -45,7 +46,7 @@ def write_manifest(folder: str | os.PathLike, records: Iterable[dict[str, Any]])
     return n
 
 
-def write_pairs(folder: str | os.PathLike, records: Iterable[dict[str, Any]]) -> None:
+def write_pairs(folder: str | os.PathLike[str], records: Iterable[dict[str, Any]]) -> None:
     """open_clip's CSV format (columns ``filepath`` and ``title``; paths relative to the CSV)."""
     import csv
 
@@ -57,11 +58,11 @@ def write_pairs(folder: str | os.PathLike, records: Iterable[dict[str, Any]]) ->
                 w.writerow([r["file"], r["caption"]])
 
 
-def is_poison_folder(folder: str | os.PathLike) -> bool:
+def is_poison_folder(folder: str | os.PathLike[str]) -> bool:
     return (Path(folder) / MANIFEST).is_file()
 
 
-def read_manifest(folder: str | os.PathLike) -> list[dict[str, Any]]:
+def read_manifest(folder: str | os.PathLike[str]) -> list[dict[str, Any]]:
     folder = Path(folder)
     path = folder / MANIFEST
     if not path.is_file():
@@ -83,14 +84,14 @@ def read_manifest(folder: str | os.PathLike) -> list[dict[str, Any]]:
     return out
 
 
-def read_summary(folder: str | os.PathLike) -> dict[str, Any]:
+def read_summary(folder: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(folder) / SUMMARY
     if not path.is_file():
         return {}
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def poison_files(folder: str | os.PathLike) -> list[Path]:
+def poison_files(folder: str | os.PathLike[str]) -> list[Path]:
     """Absolute paths of the poisons of a folder, in manifest order; missing files are an error."""
     folder = Path(folder)
     files = [folder / rec["file"] for rec in read_manifest(folder)]

@@ -22,9 +22,10 @@ import io
 import json
 import os
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -105,7 +106,7 @@ def mask_bbox(mask: np.ndarray, source: str = "mask") -> tuple[int, int, int, in
 # labelme JSON
 
 
-def _labelme_image(data: dict, json_path: Path) -> tuple[Image.Image, str]:
+def _labelme_image(data: dict[str, Any], json_path: Path) -> tuple[Image.Image, str]:
     blob = data.get("imageData")
     if blob:
         try:
@@ -126,7 +127,8 @@ def _labelme_image(data: dict, json_path: Path) -> tuple[Image.Image, str]:
     )
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, canvas: Image.Image, shape: dict, value: int, json_path: Path) -> bool:
+def _draw_shape(draw: ImageDraw.ImageDraw, canvas: Image.Image, shape: dict[str, Any], value: int,
+                json_path: Path) -> bool:
     kind = shape.get("shape_type") or "polygon"
     pts = [tuple(map(float, p)) for p in shape.get("points") or []]
     if kind == "polygon" and len(pts) >= 3:
@@ -142,7 +144,7 @@ def _draw_shape(draw: ImageDraw.ImageDraw, canvas: Image.Image, shape: dict, val
         # labelme >= 5.3: a base64 PNG of the box region starting at points[0].
         try:
             m = np.asarray(Image.open(io.BytesIO(base64.b64decode(shape["mask"]))).convert("L")) > 0
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - any decoding failure is reported as an unreadable mask
             raise MaskError(f"{json_path}: shape {shape.get('label')!r} has an unreadable mask; re-save it") from None
         x0, y0 = int(round(pts[0][0])), int(round(pts[0][1]))
         region = Image.fromarray((m * 255).astype(np.uint8), "L")
@@ -152,7 +154,7 @@ def _draw_shape(draw: ImageDraw.ImageDraw, canvas: Image.Image, shape: dict, val
     return True
 
 
-def load_labelme(json_path: str | os.PathLike, labels: LabelOptions = LabelOptions()) -> Reference:
+def load_labelme(json_path: str | os.PathLike[str], labels: LabelOptions = LabelOptions()) -> Reference:
     json_path = Path(json_path)
     try:
         data = json.loads(json_path.read_text(encoding="utf-8"))
@@ -209,8 +211,9 @@ def _export_label_indices(folder: Path, labels: LabelOptions) -> list[int]:
     return idx
 
 
-def load_image_mask(image_path: str | os.PathLike, mask_path: str | os.PathLike, labels: LabelOptions = LabelOptions(),
-                    object_indices: Sequence[int] | None = None, source: str | None = None) -> Reference:
+def load_image_mask(image_path: str | os.PathLike[str], mask_path: str | os.PathLike[str],
+                    labels: LabelOptions = LabelOptions(), object_indices: Sequence[int] | None = None,
+                    source: str | None = None) -> Reference:
     image_path, mask_path = Path(image_path), Path(mask_path)
     image = load_rgb(image_path)
     mask = load_mask(mask_path, object_index=tuple(object_indices or (labels.object_index,)))
@@ -224,7 +227,7 @@ def load_image_mask(image_path: str | os.PathLike, mask_path: str | os.PathLike,
     return ref
 
 
-def load_rgba_cutout(path: str | os.PathLike) -> Reference:
+def load_rgba_cutout(path: str | os.PathLike[str]) -> Reference:
     path = Path(path)
     rgba = load_rgba(path)
     if rgba is None:
@@ -235,7 +238,7 @@ def load_rgba_cutout(path: str | os.PathLike) -> Reference:
     return ref
 
 
-def load_plain(path: str | os.PathLike) -> Reference:
+def load_plain(path: str | os.PathLike[str]) -> Reference:
     return Reference(str(path), np.asarray(load_rgb(path), dtype=np.uint8).copy(), None)
 
 
@@ -261,7 +264,8 @@ class ReferenceSource:
         if self.kind == "mask":
             assert self.mask_path is not None
             return load_image_mask(self.path, self.mask_path, labels)
-        rgba = load_rgba(self.path) if Path(self.path).suffix.lower() in (".png", ".webp", ".tif", ".tiff", ".gif") else None
+        rgba = (load_rgba(self.path) if Path(self.path).suffix.lower() in (".png", ".webp", ".tif", ".tiff", ".gif")
+                else None)
         if rgba is not None:
             arr = np.asarray(rgba, dtype=np.uint8)
             if arr[..., 3].min() < 255:
@@ -324,11 +328,12 @@ def _scan_folder(folder: Path) -> list[ReferenceSource]:
     return [best[k] for k in sorted(best, key=_natural_key)]
 
 
-def _natural_key(s: str) -> tuple:
+def _natural_key(s: str) -> tuple[int | str, ...]:
     return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s))
 
 
-def discover_references(paths: str | os.PathLike | Iterable[str | os.PathLike], *, what: str = "references") -> list[ReferenceSource]:
+def discover_references(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], *,
+                        what: str = "references") -> list[ReferenceSource]:
     """Reference sources from folders, files and file lists, in a deterministic order."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -380,6 +385,6 @@ def source_size(src: ReferenceSource) -> tuple[int, int]:
         w, h = im.size
         try:
             orientation = im.getexif().get(0x0112, 1)
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - a malformed EXIF block: assume the stored orientation
             orientation = 1
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)

@@ -15,6 +15,7 @@ import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -72,7 +73,7 @@ class TriggerSpec:
     def is_image(self) -> bool:
         return self.kind not in KINDS and not _BLOCKS.match(self.kind) and not _SMOOTH.match(self.kind)
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         return {"kind": "image" if self.is_image else self.kind,
                 "path": self.kind if self.is_image else None,
                 "size": list(self.size) if self.size else None, "seed": self.seed}

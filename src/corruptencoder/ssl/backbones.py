@@ -9,7 +9,7 @@ Every backbone maps (B, 3, H, W) to (B, out_dim) features and carries its ``spec
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -17,7 +17,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from corruptencoder.errors import ConfigError
 
-RESNETS: dict[str, tuple[type[nn.Module], list[int]]] = {
+RESNETS: dict[str, tuple[type[BasicBlock | Bottleneck], list[int]]] = {
     "resnet18": (BasicBlock, [2, 2, 2, 2]),
     "resnet34": (BasicBlock, [3, 4, 6, 3]),
     "resnet50": (Bottleneck, [3, 4, 6, 3]),
@@ -28,7 +28,8 @@ BACKBONES = (*RESNETS, "small_cnn")
 class ResNet(nn.Module):
     """torchvision's ResNet trunk without ``fc``; ``width`` scales every stage's channels."""
 
-    def __init__(self, block: type[nn.Module], layers: list[int], width: float = 1.0, small_stem: bool = False) -> None:
+    def __init__(self, block: type[BasicBlock | Bottleneck], layers: list[int], width: float = 1.0,
+                 small_stem: bool = False) -> None:
         super().__init__()
         widths = [max(4, int(round(c * width))) for c in (64, 128, 256, 512)]
         self.inplanes = widths[0]
@@ -45,7 +46,7 @@ class ResNet(nn.Module):
         self.layer3 = self._make_layer(block, widths[2], layers[2], 2)
         self.layer4 = self._make_layer(block, widths[3], layers[3], 2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.out_dim = widths[3] * block.expansion  # type: ignore[attr-defined]
+        self.out_dim = widths[3] * block.expansion
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -53,8 +54,9 @@ class ResNet(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def _make_layer(self, block: type[nn.Module], planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
-        exp = block.expansion  # type: ignore[attr-defined]
+    def _make_layer(self, block: type[BasicBlock | Bottleneck], planes: int, blocks: int,
+                    stride: int = 1) -> nn.Sequential:
+        exp = block.expansion
         down = None
         if stride != 1 or self.inplanes != planes * exp:
             down = nn.Sequential(nn.Conv2d(self.inplanes, planes * exp, 1, stride, bias=False),
@@ -99,7 +101,7 @@ class TimmBackbone(nn.Module):
             self.model = timm.create_model(name, pretrained=False, num_classes=0)
         except RuntimeError as exc:
             raise ConfigError(f"backbone timm:{name}: {exc}") from None
-        self.out_dim = int(self.model.num_features)
+        self.out_dim = int(cast(int, self.model.num_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -109,7 +111,8 @@ def default_small_stem(image_size: int) -> bool:
     return image_size <= 64
 
 
-def backbone_spec(name: str, width: float = 1.0, small_stem: bool | None = None, image_size: int = 224) -> dict[str, Any]:
+def backbone_spec(name: str, width: float = 1.0, small_stem: bool | None = None,
+                  image_size: int = 224) -> dict[str, Any]:
     """A plain dict that fully describes a backbone (stored in ``encoder.pt``)."""
     if name not in BACKBONES and not name.startswith("timm:") and name != "openclip":
         raise ConfigError(f"backbone {name!r} is unknown; use one of {', '.join(BACKBONES)} or timm:<model name>")

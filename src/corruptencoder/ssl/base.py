@@ -68,7 +68,7 @@ class SSLMethod(L.LightningModule, Generic[C]):
         # the config travels in every checkpoint, so --resume rebuilds the same model
         self.save_hyperparameters({"config": cfg.model_dump(mode="json")})
         self.spec, self.backbone = self.make_backbone()
-        self.feat_dim = int(self.backbone.out_dim)
+        self.feat_dim = int(cast(int, self.backbone.out_dim))
         self.plan: ViewPlan = view_plan(cfg)
         self.build()
         if cfg.trainer.channels_last:
@@ -117,13 +117,14 @@ class SSLMethod(L.LightningModule, Generic[C]):
         statistics) are copied, which lightly's ``update_momentum`` leaves alone."""
         if next(online.parameters(), None) is not None:  # (a parameter-free head, e.g. nn.Identity)
             update_momentum(online, target, m)
-        for bo, bt in zip(online.buffers(), target.buffers()):
+        for bo, bt in zip(online.buffers(), target.buffers(), strict=True):
             bt.copy_(bo)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         views, idx = batch
         fmt = torch.channels_last if self.cfg.trainer.channels_last else torch.contiguous_format
-        out = [apply_colour(v, spec.colour).contiguous(memory_format=fmt) for v, spec in zip(views, self.plan.views)]
+        out = [apply_colour(v, spec.colour).contiguous(memory_format=fmt)
+               for v, spec in zip(views, self.plan.views, strict=True)]
         return out, idx
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:

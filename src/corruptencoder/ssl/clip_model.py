@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -42,7 +41,7 @@ class TinyCLIP(nn.Module):
 
         super().__init__()
         self.backbone = build_backbone(spec["backbone"])
-        self.image_projection = nn.Linear(self.backbone.out_dim, spec["embed_dim"], bias=False)
+        self.image_projection = nn.Linear(cast(int, self.backbone.out_dim), spec["embed_dim"], bias=False)
         self.text = TextTransformer(context_length=spec["context_length"], vocab_size=49408, width=spec["text_width"],
                                     heads=spec["text_heads"], layers=spec["text_layers"], output_dim=spec["embed_dim"])
         self.logit_scale = nn.Parameter(torch.ones([]) * math.log(1 / 0.07))
@@ -85,8 +84,9 @@ class VisualTower(nn.Module):
 
 def visual_tower(spec: dict[str, Any]) -> VisualTower:
     model = build_clip(spec["clip"])
-    dim = int(getattr(model.visual, "output_dim", 0) or model.text_projection.shape[1])
-    return VisualTower(model.visual, dim)
+    visual = cast(nn.Module, model.visual)
+    dim = int(getattr(visual, "output_dim", 0) or cast(torch.Tensor, model.text_projection).shape[1])
+    return VisualTower(visual, dim)
 
 
 def context_length(spec: dict[str, Any]) -> int:
@@ -97,20 +97,30 @@ def context_length(spec: dict[str, Any]) -> int:
     return int(open_clip.get_model_config(spec["model"])["text_cfg"].get("context_length", 77))
 
 
+class CaptionTokens:
+    """One caption -> its token tensor (picklable, for data-loader workers)."""
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def __call__(self, caption: str) -> torch.Tensor:
+        return tokenize([caption], self.length)[0]
+
+
 def tokenize(texts: list[str], length: int) -> torch.Tensor:
     import open_clip
 
     return open_clip.tokenize(texts, context_length=length)
 
 
-def save_clip(path: str | os.PathLike, model: nn.Module, spec: dict[str, Any], meta: dict[str, Any]) -> None:
+def save_clip(path: str | os.PathLike[str], model: nn.Module, spec: dict[str, Any], meta: dict[str, Any]) -> None:
     from corruptencoder.ssl.encoder import save_atomic
 
     save_atomic({"format": CLIP_FORMAT, "clip": dict(spec), "meta": dict(meta),
                  "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}}, path)
 
 
-def load_clip(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+def load_clip(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
     from corruptencoder.ssl.encoder import read_checkpoint
 
     obj = read_checkpoint(path)

@@ -15,8 +15,9 @@ exactly what pre-training does. Boxes are ``(x0, y0, x1, y1)`` integer pixels, h
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 

@@ -11,7 +11,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -23,14 +23,15 @@ FORMAT = "corruptencoder.encoder/1"
 _PREFIXES = ("module.", "backbone.", "encoder.", "encoder_q.", "model.", "_orig_mod.")
 
 
-def save_encoder(path: str | os.PathLike, backbone: nn.Module, spec: dict[str, Any], meta: dict[str, Any] | None = None) -> None:
+def save_encoder(path: str | os.PathLike[str], backbone: nn.Module, spec: dict[str, Any],
+                 meta: dict[str, Any] | None = None) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
     save_atomic({"format": FORMAT, "backbone": dict(spec), "meta": dict(meta or {}), "state_dict": state}, path)
 
 
-def save_atomic(payload: Any, path: str | os.PathLike) -> None:
+def save_atomic(payload: Any, path: str | os.PathLike[str]) -> None:
     """torch.save through a temp file + rename: readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,7 +58,7 @@ def _strip(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def read_checkpoint(path: str | os.PathLike) -> Any:
+def read_checkpoint(path: str | os.PathLike[str]) -> Any:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: encoder file not found; give the encoder.pt written by 'corruptencoder pretrain'")
@@ -73,7 +74,8 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
         ) from None
 
 
-def load_encoder(path: str | os.PathLike, spec: dict[str, Any] | None = None, *, strict: bool = True) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+def load_encoder(path: str | os.PathLike[str], spec: dict[str, Any] | None = None, *,
+                 strict: bool = True) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
     """Rebuild a backbone from ``encoder.pt`` (or a plain state dict + ``spec``).
 
     Returns (backbone in eval mode, spec, meta). Unexpected or missing keys are an error naming them.
@@ -96,7 +98,8 @@ def load_encoder(path: str | os.PathLike, spec: dict[str, Any] | None = None, *,
     state = _strip(state)
     state = {k: v for k, v in state.items() if not k.startswith(("fc.", "head.", "classifier."))}
     model = build_backbone(spec)
-    target = model.model if str(spec["name"]).startswith("timm:") else model  # timm weights lack our wrapper's prefix
+    # timm weights lack our wrapper's prefix
+    target = cast(nn.Module, model.model) if str(spec["name"]).startswith("timm:") else model
     want = target.state_dict()
     unexpected = sorted(set(state) - set(want))
     missing = sorted(set(want) - set(state))

@@ -32,7 +32,8 @@ def param_groups(model: nn.Module, weight_decay: float, exclude_norm_bias: bool)
     return groups
 
 
-def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
+def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float,
+                    momentum: float) -> torch.optim.Optimizer:
     if name == "lars":
         # lightly's LARS (trust coefficient 0.001) scales each layer by |w| / (|g| + wd |w|); the SimCLR
         # paper's TF code uses |w| / |g + wd w|, a bound of the same quantity

@@ -13,17 +13,21 @@ loads into the plain backbone.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
 class SplitBatchNorm2d(nn.BatchNorm2d):
-    """``BatchNorm2d`` whose training statistics are computed per split of the batch (sample ``i`` is in
-    split ``i % splits``); evaluation is plain batch norm with the running statistics."""
+    """``BatchNorm2d`` whose training statistics are computed per split of the batch: split ``j`` holds
+    samples ``[j n / k, (j + 1) n / k)``, as a device holds its slice of the global batch. Each split is
+    normalised by its own ``F.batch_norm`` call on a contiguous slice, which keeps channels-last memory
+    (an interleaved reshape would not: measured 35 %+ slower); evaluation is plain batch norm."""
 
-    def __init__(self, num_features: int, splits: int = 2, **kw: object) -> None:
-        super().__init__(num_features, **kw)  # type: ignore[arg-type]  # BatchNorm2d's own keywords
+    def __init__(self, num_features: int, splits: int = 2, **kw: Any) -> None:
+        super().__init__(num_features, **kw)
         self.splits = splits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -31,21 +35,23 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
         n = x.shape[0]
         if not self.training or k <= 1 or n % k or n // k < 2:
             return super().forward(x)  # eval, or a batch that does not split evenly: ordinary BN
-        c = x.shape[1]
         factor = 0.0
         if self.track_running_stats:
+            assert self.num_batches_tracked is not None  # BatchNorm registers it when tracking statistics
             self.num_batches_tracked.add_(1)
             factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        rm = self.running_mean.repeat(k) if self.running_mean is not None else None
-        rv = self.running_var.repeat(k) if self.running_var is not None else None
-        w = self.weight.repeat(k) if self.weight is not None else None
-        b = self.bias.repeat(k) if self.bias is not None else None
-        y = F.batch_norm(x.reshape(n // k, c * k, *x.shape[2:]), rm, rv, w, b, True, factor, self.eps)
-        if rm is not None and rv is not None and self.running_mean is not None and self.running_var is not None:
+        outs, means, variances = [], [], []
+        for chunk in x.chunk(k):
+            rm = self.running_mean.clone() if self.running_mean is not None else None
+            rv = self.running_var.clone() if self.running_var is not None else None
+            outs.append(F.batch_norm(chunk, rm, rv, self.weight, self.bias, True, factor, self.eps))
+            means.append(rm)
+            variances.append(rv)
+        if self.running_mean is not None and self.running_var is not None:
             with torch.no_grad():  # each split updated its copy; the module keeps their mean
-                self.running_mean.copy_(rm.view(k, c).mean(0))
-                self.running_var.copy_(rv.view(k, c).mean(0))
-        return y.reshape(x.shape)
+                self.running_mean.copy_(torch.stack(means).mean(0))  # type: ignore[arg-type]  # not None here
+                self.running_var.copy_(torch.stack(variances).mean(0))  # type: ignore[arg-type]  # not None here
+        return torch.cat(outs)
 
 
 def use_split_batchnorm(module: nn.Module, splits: int) -> int:

@@ -19,7 +19,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import yaml
 
@@ -267,7 +267,8 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False, over
     quiet_lightning()
     out = Path(out)
     clip = method_class(cfg.method.name).data_kind == "pairs"
-    files = pretrain_pairs(cfg) if clip else pretrain_files(cfg)  # validates the data before anything is written
+    # validates the data before anything is written; PairSources for CLIP, else an image collection
+    files: Any = pretrain_pairs(cfg) if clip else pretrain_files(cfg)
     if len(files) < 2:
         raise UserError(f"pre-training needs at least 2 images, found {len(files)}; check data.clean / data.poisons")
     ckpt = prepare_output(cfg, out, resume, overwrite)
@@ -284,15 +285,17 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False, over
     show = cfg.trainer.progress if progress is None else progress
 
     short = cfg.data.cache_short_side or 4 * cfg.data.image_size
-    cache = {"auto": "auto", "memory": True, "none": False}[cfg.data.cache]
+    cache_modes: dict[str, bool | str] = {"auto": "auto", "memory": True, "none": False}
+    cache = cache_modes[cfg.data.cache]
     model = method_class(cfg.method.name)(cfg)
     if clip:
         from corruptencoder.data.datasets import PairDataset
-        from corruptencoder.ssl.clip_model import context_length
+        from corruptencoder.ssl.clip_model import CaptionTokens, context_length
 
         store = ImageStore(files.names(), short, cache, progress=show, skip_log=out / "skipped.txt",
                            loader=files.load_image)
-        dataset: Any = PairDataset(store, files.captions(), model.plan.crop, context_length(model.clip_spec))
+        dataset: Any = PairDataset(store, files.captions(), model.plan.crop,
+                                   CaptionTokens(context_length(cast(dict[str, Any], model.clip_spec))))
     else:
         store = ImageStore(files.files, short, cache, progress=show, skip_log=out / "skipped.txt")
         dataset = ViewDataset(store, model.plan.crop)
@@ -301,7 +304,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False, over
                         num_workers=rt["workers"], collate_fn=collate_views, pin_memory=rt["gpu"],
                         persistent_workers=rt["workers"] > 0, prefetch_factor=4 if rt["workers"] > 0 else None)
     if cfg.trainer.compile:
-        model.backbone = torch.compile(model.backbone)
+        model.backbone = cast(torch.nn.Module, torch.compile(model.backbone))  # an OptimizedModule
 
     throughput = Throughput()
     callbacks = list(callbacks or []) + [
@@ -313,7 +316,8 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False, over
     if show:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, min(20, len(loader) // 10 or 1))))
     trainer = L.Trainer(
-        max_epochs=cfg.optim.epochs, accelerator=rt["accelerator"], devices=rt["devices"], num_nodes=cfg.trainer.num_nodes,
+        max_epochs=cfg.optim.epochs, accelerator=rt["accelerator"], devices=rt["devices"],
+        num_nodes=cfg.trainer.num_nodes,
         strategy=rt["strategy"], precision=rt["precision"], callbacks=callbacks,
         logger=CSVLogger(str(out), name="logs", version=_next_log_version(out / "logs")), enable_progress_bar=show,
         enable_model_summary=False,
@@ -339,6 +343,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False, over
             "resumed_from": str(ckpt) if ckpt else None,
         })
         if skipped:
-            log.warning("skipped %d unreadable image(s) during training; listed in %s", len(skipped), out / "skipped.txt")
+            log.warning("skipped %d unreadable image(s) during training; listed in %s", len(skipped),
+                        out / "skipped.txt")
     return PretrainResult(out, encoder, int(trainer.current_epoch), seconds, throughput.images_per_second,
                           len(files), files.num_poisons)

@@ -64,7 +64,7 @@ class ViewPlan:
         """uint8 (3, H, W) -> one uint8 (3, s, s) tensor per view (antialiased bilinear resize)."""
         h, w = image.shape[-2:]
         out = []
-        for spec, (x0, y0, x1, y1) in zip(self.views, self.boxes(rng, w, h)):
+        for spec, (x0, y0, x1, y1) in zip(self.views, self.boxes(rng, w, h), strict=True):
             out.append(TF.resized_crop(image, y0, x0, y1 - y0, x1 - x0, [spec.size, spec.size], antialias=True))
         return out
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import types
 import typing
-from typing import Any, Iterable, Literal, Union
+from collections.abc import Iterable
+from typing import Any, Literal, Union
 
 from pydantic import BaseModel
 
@@ -20,8 +21,8 @@ def _arg_spec(annotation: Any) -> dict[str, Any]:
     """argparse keywords for a field's annotation (Optional unwrapped)."""
     origin = typing.get_origin(annotation)
     if origin in (Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return _arg_spec(args[0]) if len(args) == 1 else {}
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _arg_spec(members[0]) if len(members) == 1 else {}
     if origin is Literal:
         choices = list(typing.get_args(annotation))
         return {"choices": choices, "type": type(choices[0])} if choices else {}

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -48,13 +49,13 @@ def format_validation_error(exc: ValidationError, source: str, rename: Callable[
         else:
             flat.append((tuple(err.get("loc", ())), _message(err)))
     names = [".".join(str(p) for p in loc) or "(top level)" for loc, _ in flat[:3]]
-    parts = [f"{rename(n) if rename else n}: {msg}" for n, (_, msg) in zip(names, flat[:3])]
+    parts = [f"{rename(n) if rename else n}: {msg}" for n, (_, msg) in zip(names, flat[:3], strict=True)]
     exc_count = len(flat)
     more = f" (+{exc_count - 3} more)" if exc_count > 3 else ""
     return (f"{source}: " if source else "") + "; ".join(parts) + more
 
 
-def read_mapping(path: str | os.PathLike) -> dict[str, Any]:
+def read_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -131,7 +132,7 @@ def set_key(data: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
     return data
 
 
-def load_config(model: type[M], path: str | os.PathLike | None = None, overrides: Iterable[str] = (),
+def load_config(model: type[M], path: str | os.PathLike[str] | None = None, overrides: Iterable[str] = (),
                 base: dict[str, Any] | None = None) -> M:
     """Read ``path`` (YAML or JSON), apply ``key.path=value`` overrides, validate into ``model``."""
     data = dict(base or {})

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from corruptencoder.errors import UserError
 from corruptencoder.utils.imageio import is_image_file
@@ -20,7 +20,7 @@ def _path_field(line: str) -> str:
     return head.strip() if head and tail.lstrip("-").isdigit() else line
 
 
-def read_file_list(list_path: str | os.PathLike, *, what: str = "image") -> list[Path]:
+def read_file_list(list_path: str | os.PathLike[str], *, what: str = "image") -> list[Path]:
     """One path per line (``#`` comments and blank lines ignored; a second whitespace-separated
     column such as a label is ignored); relative paths are relative to the list file's folder."""
     list_path = Path(list_path)
@@ -31,7 +31,8 @@ def read_file_list(list_path: str | os.PathLike, *, what: str = "image") -> list
     except OSError as exc:
         raise UserError(f"{list_path}: cannot read the file list ({exc.strerror})") from None
     except UnicodeDecodeError:
-        raise UserError(f"{list_path}: not a UTF-8 text file list; give a folder or a text file with one path per line") from None
+        raise UserError(f"{list_path}: not a UTF-8 text file list; give a folder or a text file with one path "
+                        "per line") from None
     for lineno, raw in enumerate(lines, 1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -46,7 +47,8 @@ def read_file_list(list_path: str | os.PathLike, *, what: str = "image") -> list
     return out
 
 
-def list_images(sources: str | os.PathLike | Iterable[str | os.PathLike], *, what: str = "image") -> list[Path]:
+def list_images(sources: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], *,
+                what: str = "image") -> list[Path]:
     """All image files under folders (recursive, sorted) and in file lists, in the order given."""
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
@@ -59,7 +61,8 @@ def list_images(sources: str | os.PathLike | Iterable[str | os.PathLike], *, wha
                 key=lambda q: q.relative_to(p).as_posix(),
             )
             if not found:
-                raise UserError(f"{p}: {what} folder has no image files (.jpg, .png, ...); point to a folder with images")
+                raise UserError(f"{p}: {what} folder has no image files (.jpg, .png, ...); "
+                                "point to a folder with images")
             out.extend(found)
         elif p.is_file() and p.suffix.lower() in LIST_SUFFIXES:
             found = read_file_list(p, what=what)

@@ -12,7 +12,7 @@ import io
 import os
 import warnings
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -26,10 +26,10 @@ IMAGE_EXTENSIONS = frozenset(
 #: Same order of magnitude as Pillow's own bomb threshold (~89 MP): a larger image is refused.
 DEFAULT_MAX_PIXELS = 89_478_485
 
-Source = Union[str, os.PathLike, bytes, BinaryIO]
+Source = str | os.PathLike[str] | bytes | BinaryIO
 
 
-def is_image_file(path: str | os.PathLike) -> bool:
+def is_image_file(path: str | os.PathLike[str]) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 

@@ -12,13 +12,14 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from corruptencoder.errors import OutputExistsError, UserError
 
 
-def check_output_dir(out: str | os.PathLike, overwrite: bool) -> Path:
+def check_output_dir(out: str | os.PathLike[str], overwrite: bool) -> Path:
     """Refuse an existing output folder up front, before any work is done."""
     out = Path(out)
     if out.exists() and not overwrite:
@@ -29,7 +30,7 @@ def check_output_dir(out: str | os.PathLike, overwrite: bool) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_output_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+def atomic_output_dir(out: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
     """Yield a temp folder that becomes ``out`` only if the block finishes without an exception."""
     out = check_output_dir(out, overwrite)
     parent = out.parent if str(out.parent) else Path(".")
@@ -52,7 +53,7 @@ def atomic_output_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterat
         os.replace(tmp, out)
 
 
-def write_json_atomic(path: str | os.PathLike, payload: Any) -> None:
+def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> None:
     """Write JSON via a temp file + rename so readers never see a half file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

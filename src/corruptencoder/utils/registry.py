@@ -11,7 +11,8 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import pkgutil
-from typing import Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 from corruptencoder.errors import ConfigError
 

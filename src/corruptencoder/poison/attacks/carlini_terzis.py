@@ -12,7 +12,7 @@ templates in a seeded random order, so every template is used before any is used
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
@@ -34,7 +34,7 @@ class CaptionOptions(AttackOptions):
 class CarliniTerzisAttack(ImageAttack[CaptionOptions]):
     name = "carlini-terzis"
     summary = "Carlini & Terzis (2022): N Type-I pairs (trigger on a background, caption naming the class)"
-    options: type[AttackOptions] = CaptionOptions
+    options: ClassVar[type[AttackOptions]] = CaptionOptions
     needs = frozenset({"backgrounds"})
     multimodal = True
     default_trigger_size = (16, 16)  # Carlini & Terzis' 16 x 16 patch
@@ -70,7 +70,7 @@ class CarliniTerzisAttack(ImageAttack[CaptionOptions]):
                         "u_background": [float(u[0]), float(u[1])], "u_place": [float(u[2]), float(u[3])],
                         "caption": captions[i]}
             if i >= n1:
-                job["ref"] = int(rng.integers(len(self.objects)))  # type: ignore[attr-defined]
+                job["ref"] = int(rng.integers(len(self.objects)))  # type: ignore[attr-defined]  # set by CorruptEncoder-MM
             jobs.append(job)
         return jobs
 
@@ -105,7 +105,8 @@ class CarliniTerzisAttack(ImageAttack[CaptionOptions]):
                 trig_box: list[int] | None, ref: str | None) -> dict[str, Any]:
         rec = self.base_record(job)
         rec.update({"image_size": list(canvas.size), "object_box": obj_box, "trigger_box": trig_box,
-                    "layout": None, "reference": ref, "background": bg_path, "background_box": [round(v, 3) for v in bg_box],
+                    "layout": None, "reference": ref, "background": bg_path,
+                    "background_box": [round(v, 3) for v in bg_box],
                     "pair_type": "type1" if job["attack"] == "type1" else "type2", "caption": job["caption"]})
         rec["attack"] = self.name
         return rec

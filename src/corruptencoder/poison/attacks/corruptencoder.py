@@ -7,7 +7,7 @@ upscaling resize of just the cropped region), two pastes and one encode.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 from PIL import Image
@@ -137,7 +137,6 @@ class CorruptEncoderAttack(ImageAttack[CorruptEncoderOptions]):
         return self.render_poison(job)
 
     def render_poison(self, job: Job) -> RenderResult:
-        t = self.target
         g = self.geometry(job["ref"], job["layout"])
         rgb, matte = self._resized(job["ref"], g.object_size)
         bg, bg_path, skipped = self.backgrounds.load(job["background"])
@@ -146,7 +145,7 @@ class CorruptEncoderAttack(ImageAttack[CorruptEncoderOptions]):
             src = (crop[0] / r, crop[1] / r, min(crop[2] / r, bg.size[0]), min(crop[3] / r, bg.size[1]))
             canvas = bg.resize(g.image_size, Image.Resampling.BICUBIC, box=src)
         else:
-            src = tuple(float(c) for c in crop)
+            src = cast(tuple[float, float, float, float], tuple(float(c) for c in crop))
             canvas = bg.crop(crop)
         canvas.paste(rgb, g.object_box[:2], matte)
         tbox = place_trigger(g, self.trigger_size, self.opts.beta, *job["u_trigger"])

@@ -11,7 +11,7 @@ N/2 of each (for odd N, Type-I gets the extra pair: ceil(N/2) Type-I and floor(N
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from PIL import Image
 from pydantic import Field, field_validator
@@ -58,17 +58,20 @@ class CorruptEncoderMMAttack(CarliniTerzisAttack):
 
     def _type2(self, job: Job, bg: Image.Image, bg_path: str) -> tuple[Image.Image, dict[str, Any]]:
         obj = self.objects[job["ref"]]
-        g = square_poison(obj.size[0], obj.size[1], self.mm.alpha, *job["u_place"], self.run.max_size)
+        ux, uy = job["u_place"]
+        g = square_poison(obj.size[0], obj.size[1], self.mm.alpha, ux, uy, self.run.max_size)
         key = (job["ref"], g.object_size)
         if key not in self._cache:
-            rgb = obj.convert("RGB").resize(g.object_size, Image.Resampling.LANCZOS)
-            matte = obj.getchannel("A").resize(g.object_size, Image.Resampling.BILINEAR)
-            self._cache[key] = (rgb, None if self.references[job["ref"]].matte is None else feathered(matte, self.run.soft_edge))
+            sized_rgb = obj.convert("RGB").resize(g.object_size, Image.Resampling.LANCZOS)
+            sized_matte = obj.getchannel("A").resize(g.object_size, Image.Resampling.BILINEAR)
+            opaque = self.references[job["ref"]].matte is None
+            self._cache[key] = (sized_rgb, None if opaque else feathered(sized_matte, self.run.soft_edge))
         rgb, matte = self._cache[key]
         r, crop = background_crop(bg.size, g.image_size, *job["u_background"])
         if r > 1.0:
             src = [crop[0] / r, crop[1] / r, min(crop[2] / r, bg.size[0]), min(crop[3] / r, bg.size[1])]
-            canvas = bg.resize(g.image_size, Image.Resampling.BICUBIC, box=tuple(src))
+            box = cast(tuple[float, float, float, float], tuple(src))
+            canvas = bg.resize(g.image_size, Image.Resampling.BICUBIC, box=box)
         else:
             src = [float(c) for c in crop]
             canvas = bg.crop(crop)

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-
 from pydantic import Field, field_validator
 
 from corruptencoder.poison.attacks.corruptencoder import CorruptEncoderAttack, CorruptEncoderOptions

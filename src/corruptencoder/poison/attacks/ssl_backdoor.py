@@ -13,10 +13,9 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-
-from corruptencoder.errors import GeometryError
 from pydantic import Field, field_validator
 
+from corruptencoder.errors import GeometryError
 from corruptencoder.poison.base import ImageAttack, Job, RenderResult
 from corruptencoder.poison.config import ATTACKS, AttackOptions
 from corruptencoder.poison.geometry import capped_size, largest_fit, location_box, place_in_region

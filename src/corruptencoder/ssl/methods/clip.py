@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from pydantic import Field
@@ -54,7 +54,7 @@ class CLIP(SSLMethod[CLIPConfig]):
         image = backbone_spec(b.name, b.width, b.small_stem, self.cfg.data.image_size)
         spec = clip_spec(self.m, self.cfg.data.image_size, image)
         self.clip_spec = spec
-        self.model = build_clip(spec)
+        self.model: Any = cast(Any, build_clip(spec))  # open_clip's CLIP or TinyCLIP: their attributes differ
         if spec["model"] == "custom":  # the linear probe reads the backbone, as for single-modal encoders
             return image, self.model.backbone
         dim = int(getattr(self.model.visual, "output_dim", 0) or self.model.text_projection.shape[1])
@@ -63,7 +63,8 @@ class CLIP(SSLMethod[CLIPConfig]):
     def build(self) -> None:
         from open_clip.loss import ClipLoss
 
-        world = torch.distributed.get_world_size() if torch.distributed.is_available() and torch.distributed.is_initialized() else 1
+        world = (torch.distributed.get_world_size()
+                 if torch.distributed.is_available() and torch.distributed.is_initialized() else 1)
         rank = torch.distributed.get_rank() if world > 1 else 0
         self.criterion = ClipLoss(local_loss=False, gather_with_grad=world > 1, rank=rank, world_size=world)
 
@@ -87,7 +88,8 @@ class CLIP(SSLMethod[CLIPConfig]):
 
     def export(self, path: str, extra: dict[str, Any] | None = None) -> None:
         super().export(path, extra)
-        meta = {"method": "clip", "image_size": self.cfg.data.image_size, "epoch": int(self.current_epoch), **(extra or {})}
+        meta = {"method": "clip", "image_size": self.cfg.data.image_size, "epoch": int(self.current_epoch),
+                **(extra or {})}
         p = Path(path)
         full = p.with_name("clip.pt") if p.name == "encoder.pt" else p.with_name(p.stem + ".clip.pt")
         save_clip(full, self.model, self.clip_spec, meta)

@@ -73,7 +73,8 @@ class CompRess(SSLMethod[DistillConfig]):
             from corruptencoder.errors import ConfigError
 
             raise ConfigError("method.teacher: CompRess needs the teacher encoder.pt to distil")
-        spec = backbone_spec(m.teacher_backbone, m.teacher_width, None, self.cfg.data.image_size) if m.teacher_backbone else None
+        spec = (backbone_spec(m.teacher_backbone, m.teacher_width, None, self.cfg.data.image_size)
+                if m.teacher_backbone else None)
         teacher, self.teacher_spec, _ = load_encoder(m.teacher, spec)
         for p in teacher.parameters():
             p.requires_grad = False

@@ -18,8 +18,8 @@ from lightly.models.utils import batch_shuffle_distributed, batch_unshuffle_dist
 from pydantic import Field
 from torch import nn
 
-from corruptencoder.ssl.base import SSLMethod
 from corruptencoder.ssl.banks import persistent_banks
+from corruptencoder.ssl.base import SSLMethod
 from corruptencoder.ssl.config import METHODS, MethodConfig, OptimConfig, OptimDefaults, Patch
 from corruptencoder.ssl.splitbn import set_splits, use_split_batchnorm
 from corruptencoder.ssl.views import MOCO_V2

@@ -1,0 +1,142 @@
+"""Where does the backdoor form? One factor at a time from a CPU-scale setting, measured.
+
+Runs an experiment config whose arms are named ``<factor>/<setting>`` (trigger, crop scale and
+resolution, continued pre-training, method and model, poison budget, ...), cached and resumable like
+any ``corruptencoder run``, then writes ``docs/where-it-forms.md`` (one table: factor, setting, CA,
+BA, ASR, no-attack ASR, reference accuracy, pull, minutes) and a figure, and prints one JSON line
+per arm. Every ASR is printed beside the no-attack ASR of the same trigger on the clean encoder of
+the same setting.
+
+    python benchmarks/where_it_forms.py [--config configs/cpu-small/where-it-forms.yaml] [--out runs/where-it-forms]
+        [--arms 'trigger/*'] [--doc docs/where-it-forms.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from corruptencoder.experiment.config import load_experiment
+from corruptencoder.experiment.runner import run_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = ROOT / "configs" / "cpu-small" / "where-it-forms.yaml"
+
+
+def _f(v: Any, digits: int = 1) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{float(v):.{digits}f}"
+
+
+def _pm(a: dict[str, Any], key: str, digits: int = 1) -> str:
+    s = _f(a.get(key), digits)
+    std = a.get(f"{key}_std")
+    return s + (f" ± {float(std):.{digits}f}" if a.get("trials", 1) > 1 and std is not None else "")
+
+
+def final_rows(aggs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = [a for a in aggs if a["epoch"] == "final" and a["attack"] != "none"]
+    return sorted(rows, key=lambda a: a["arm"])
+
+
+def table(aggs: list[dict[str, Any]]) -> list[str]:
+    lines = ["| factor | setting | trials | CA | BA | ASR | no-attack ASR | ref. acc | pull Δ (attacked / clean) | "
+             "min (attacked encoder) |", "|" + " --- |" * 10]
+    for a in final_rows(aggs):
+        factor, _, setting = a["arm"].partition("/")
+        minutes = a.get("pretrain_seconds")
+        lines.append(f"| {factor} | {setting or factor} | {a.get('trials', 1)} | {_pm(a, 'ca')} | {_pm(a, 'ba')} | "
+                     f"**{_pm(a, 'asr')}** | {_pm(a, 'no_attack_asr')} | {_f(a.get('reference_accuracy'))} | "
+                     f"{_f(a.get('pull_delta'), 3)} / {_f(a.get('pull_delta_clean'), 3)} | "
+                     f"{_f(minutes / 60 if minutes else None)} |")
+    return lines
+
+
+def along_training(aggs: list[dict[str, Any]]) -> list[str]:
+    rows = [a for a in aggs if a["epoch"] != "final" and a["attack"] != "none"]
+    if not rows:
+        return []
+    epochs = sorted({int(a["epoch"]) for a in rows})
+    lines = ["| arm | " + " | ".join(f"epoch {e}" for e in epochs) + " |", "|" + " --- |" * (len(epochs) + 1)]
+    for arm in sorted({a["arm"] for a in rows}):
+        cells = []
+        for e in epochs:
+            a = next((x for x in rows if x["arm"] == arm and int(x["epoch"]) == e), None)
+            cells.append(f"{_f(a['asr'])} / {_f(a['no_attack_asr'])}" if a else "–")
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def figure(aggs: list[dict[str, Any]], path: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = final_rows(aggs)
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(max(6, 0.55 * len(rows) + 2), 4))
+    x = range(len(rows))
+    asr = [float(a["asr"] or 0) for a in rows]
+    err = [float(a.get("asr_std") or 0) for a in rows]
+    base = [float(a["no_attack_asr"] or 0) for a in rows]
+    ax.bar([i - 0.2 for i in x], asr, 0.4, yerr=err, label="ASR (attacked encoder)", color="tab:red")
+    ax.bar([i + 0.2 for i in x], base, 0.4, label="ASR of the same trigger, clean encoder", color="tab:gray")
+    ax.axhline(50, ls="--", lw=0.8, color="k")
+    ax.set_xticks(list(x))
+    ax.set_xticklabels([a["arm"] for a in rows], rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("%")
+    ax.set_title("Where the backdoor forms (cpu-small, one factor at a time)", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", type=Path, default=DEFAULT)
+    ap.add_argument("--out", type=Path, default=Path("runs/where-it-forms"))
+    ap.add_argument("--cache", type=Path, help="stage cache (default OUT/cache)")
+    ap.add_argument("--arms", action="append", help="only these arms (glob, repeatable)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "where-it-forms.md")
+    args = ap.parse_args()
+    cfg = load_experiment(args.config, args.overrides)
+    result = run_experiment(cfg, args.out, progress=False, only=args.arms or (), cache=args.cache)
+    aggs = result["aggregates"]
+    for a in final_rows(aggs):
+        print(json.dumps({"benchmark": "where_it_forms", "arm": a["arm"], "trials": a.get("trials"),
+                          "ca": a["ca"], "ba": a["ba"], "asr": a["asr"], "asr_std": a.get("asr_std"),
+                          "no_attack_asr": a["no_attack_asr"], "reference_accuracy": a["reference_accuracy"],
+                          "pull_delta": a["pull_delta"], "pull_delta_clean": a["pull_delta_clean"],
+                          "minutes": round(a["pretrain_seconds"] / 60, 1) if a.get("pretrain_seconds") else None}))
+    fig = figure(aggs, args.doc.parent / "where_it_forms.png")
+    shown = args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT) else args.config
+    lines = ["# Where the backdoor forms", "",
+             f"Generated by `python benchmarks/where_it_forms.py --config {shown}` "
+             f"({result['seconds']:.0f} s in the last invocation; cached stages are reused). Arms are "
+             "`factor/setting`; each changes one thing from the reference setting named in the config.", "",
+             "## Final encoders", "", *table(aggs), ""]
+    if fig:
+        lines += [f"![where it forms]({fig.name})", ""]
+    trail = along_training(aggs)
+    if trail:
+        lines += ["## Along training (ASR / no-attack ASR)", "", *trail, ""]
+    args.doc.parent.mkdir(parents=True, exist_ok=True)
+    args.doc.write_text("\n".join(lines), encoding="utf-8")
+    print(json.dumps({"benchmark": "where_it_forms", "doc": str(args.doc), "report": str(args.out / "report.md"),
+                      "seconds": result["seconds"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
