@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Generic, Literal, TypeVar, cast
 
 from corruptencoder.utils.config import StrictModel, validate
 from corruptencoder.utils.registry import Registry
@@ -66,7 +66,10 @@ class EncoderResult:
     report: dict[str, Any] = field(default_factory=dict)
 
 
-class Defence:
+OptionsT = TypeVar("OptionsT", bound=DefenceOptions)
+
+
+class Defence(Generic[OptionsT]):
     """Base of the three kinds; subclasses set ``name``, ``kind``, ``summary`` and ``options``."""
 
     name: ClassVar[str] = ""
@@ -75,10 +78,10 @@ class Defence:
     options: ClassVar[type[DefenceOptions]] = DefenceOptions
 
     def __init__(self, opts: DefenceOptions | None = None) -> None:
-        self.opts = opts if opts is not None else self.options()
+        self.opts = cast(OptionsT, opts if opts is not None else self.options())
 
     @classmethod
-    def from_args(cls, args: dict[str, Any], where: str = "defence_args") -> "Defence":
+    def from_args(cls, args: dict[str, Any], where: str = "defence_args") -> "Defence[Any]":
         """Validate ``args`` into the options model (one ``error:`` line naming ``where`` on a bad value)."""
         return cls(validate(cls.options, dict(args), where))
 
@@ -96,7 +99,7 @@ class Defence:
         return 0.0
 
 
-class ViewDefence(Defence):
+class ViewDefence(Defence[OptionsT]):
     kind: ClassVar[DefenceKind] = "views"
 
     def pretrain_patch(self) -> dict[str, Any]:
@@ -104,23 +107,23 @@ class ViewDefence(Defence):
         raise NotImplementedError
 
 
-class DataDefence(Defence):
+class DataDefence(Defence[OptionsT]):
     kind: ClassVar[DefenceKind] = "data"
 
     def filter(self, ctx: DefenceContext) -> FilterResult:
         raise NotImplementedError
 
 
-class EncoderDefence(Defence):
+class EncoderDefence(Defence[OptionsT]):
     kind: ClassVar[DefenceKind] = "encoder"
 
     def apply(self, ctx: DefenceContext) -> EncoderResult:
         raise NotImplementedError
 
 
-DEFENCES: Registry[type[Defence]] = Registry("defence", "corruptencoder.defend")
+DEFENCES: Registry[type[Defence[Any]]] = Registry("defence", "corruptencoder.defend")
 
 
-def make_defence(name: str, args: dict[str, Any] | None = None, where: str = "defence_args") -> Defence:
+def make_defence(name: str, args: dict[str, Any] | None = None, where: str = "defence_args") -> Defence[Any]:
     """The registered defence ``name`` with its options validated."""
     return DEFENCES.get(name).from_args(args or {}, where)

@@ -29,24 +29,19 @@ class CompRessOptions(DefenceOptions):
 
 
 @DEFENCES.register
-class CompRessDefence(EncoderDefence):
+class CompRessDefence(EncoderDefence[CompRessOptions]):
     name = "compress"
     summary = "CompRess: distil a (possibly backdoored) encoder into a fresh student on clean data"
     options = CompRessOptions
 
-    @property
-    def o(self) -> CompRessOptions:
-        assert isinstance(self.opts, CompRessOptions)
-        return self.opts
-
     def label(self) -> str:
-        return f"CompRess, {100 * self.o.fraction:g} % clean data"
+        return f"CompRess, {100 * self.opts.fraction:g} % clean data"
 
     def knob(self) -> float:
-        return self.o.fraction
+        return self.opts.fraction
 
     def queue_size(self, clean_count: int) -> int:
-        return self.o.queue_size or min(16384, max(256, int(clean_count * self.o.fraction) // 2))
+        return self.opts.queue_size or min(16384, max(256, int(clean_count * self.opts.fraction) // 2))
 
     def apply(self, ctx: DefenceContext) -> EncoderResult:
         """The student trains with the suspect encoder's own settings (backbone, schedule, views' size) on
@@ -59,13 +54,13 @@ class CompRessDefence(EncoderDefence):
             raise UserError("CompRess needs the suspect encoder to distil")
         body = copy.deepcopy(ctx.pretrain)
         body["method"] = {"name": "compress", "teacher": str(ctx.encoder),
-                          "queue_size": self.queue_size(ctx.clean_count), "variant": self.o.variant}
-        body.setdefault("data", {}).update(fraction=self.o.fraction, poisons=[])
+                          "queue_size": self.queue_size(ctx.clean_count), "variant": self.opts.variant}
+        body.setdefault("data", {}).update(fraction=self.opts.fraction, poisons=[])
         body.get("backbone", {}).pop("init", None)  # a fresh student
         cfg = validate(PretrainConfig, body, "CompRess student")
         t0 = time.perf_counter()
         res = pretrain(cfg, ctx.out, resume=ctx.resume, overwrite=not ctx.resume, progress=ctx.progress)
-        return EncoderResult(res.encoder, {"defence": self.name, "fraction": self.o.fraction,
+        return EncoderResult(res.encoder, {"defence": self.name, "fraction": self.opts.fraction,
                                            "clean_images": res.num_images,
                                            "seconds": round(time.perf_counter() - t0, 1)})
 

@@ -19,21 +19,16 @@ class LocalizedOptions(DefenceOptions):
 
 
 @DEFENCES.register
-class LocalizedCropping(ViewDefence):
+class LocalizedCropping(ViewDefence[LocalizedOptions]):
     name = "localized"
     summary = "localized cropping: view 2 is drawn near view 1 (pre-training views)"
     options = LocalizedOptions
 
-    @property
-    def delta(self) -> float:
-        assert isinstance(self.opts, LocalizedOptions)
-        return self.opts.delta
-
     def pretrain_patch(self) -> dict[str, Any]:
-        return {"views": {"crop": "localized", "delta": self.delta}}
+        return {"views": {"crop": "localized", "delta": self.opts.delta}}
 
     def label(self) -> str:
-        return f"localized cropping (delta {self.delta:g})"
+        return f"localized cropping (delta {self.opts.delta:g})"
 
     def knob(self) -> float:
-        return self.delta
+        return self.opts.delta

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from corruptencoder.defend.base import DEFENCES, ViewDefence
+from corruptencoder.defend.base import DEFENCES, DefenceOptions, ViewDefence
 
 
 @DEFENCES.register
-class NoRandomCropping(ViewDefence):
+class NoRandomCropping(ViewDefence[DefenceOptions]):
     name = "no-crop"
     summary = "no random cropping: every view is the whole image (pre-training views)"
 

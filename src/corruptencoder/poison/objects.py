@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from corruptencoder.errors import MaskError, UserError
-from corruptencoder.utils.files import LIST_SUFFIXES, read_file_list
+from corruptencoder.utils.files import LIST_SUFFIXES, as_paths, read_file_list
 from corruptencoder.utils.imageio import is_image_file, load_mask, load_rgb, load_rgba, open_image
 
 DEFAULT_CUT_LABELS: tuple[str, ...] = ("nmask",)
@@ -335,11 +335,8 @@ def _natural_key(s: str) -> tuple[int | str, ...]:
 def discover_references(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], *,
                         what: str = "references") -> list[ReferenceSource]:
     """Reference sources from folders, files and file lists, in a deterministic order."""
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
     out: list[ReferenceSource] = []
-    for raw in paths:
-        p = Path(raw)
+    for p in as_paths(paths):
         if p.is_dir():
             if _is_export_folder(p):
                 out.append(ReferenceSource("export", str(p)))

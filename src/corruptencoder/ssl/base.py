@@ -120,6 +120,16 @@ class SSLMethod(L.LightningModule, Generic[C]):
         for bo, bt in zip(online.buffers(), target.buffers(), strict=True):
             bt.copy_(bo)
 
+    @property
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(online, momentum copy) pairs that ``update_momentum_pairs`` moves (solo-learn's convention)."""
+        return []
+
+    @torch.no_grad()
+    def update_momentum_pairs(self, m: float) -> None:
+        for online, target in self.momentum_pairs:
+            self.ema(online, target, m)
+
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         views, idx = batch
         fmt = torch.channels_last if self.cfg.trainer.channels_last else torch.contiguous_format

@@ -47,13 +47,18 @@ def read_file_list(list_path: str | os.PathLike[str], *, what: str = "image") ->
     return out
 
 
+def as_paths(sources: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """One path or several, as a list (a string is one path, not its characters)."""
+    if isinstance(sources, (str, os.PathLike)):
+        return [Path(sources)]
+    return [Path(s) for s in sources]
+
+
 def list_images(sources: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], *,
                 what: str = "image") -> list[Path]:
     """All image files under folders (recursive, sorted) and in file lists, in the order given."""
-    if isinstance(sources, (str, os.PathLike)):
-        sources = [sources]
     out: list[Path] = []
-    for src in sources:
+    for src in as_paths(sources):
         p = Path(src)
         if p.is_dir():
             found = sorted(

@@ -40,14 +40,11 @@ class CorruptEncoderMMAttack(CarliniTerzisAttack):
     options = CorruptEncoderMMOptions
     needs = frozenset({"references", "backgrounds"})
 
-    @property
-    def mm(self) -> CorruptEncoderMMOptions:
-        assert isinstance(self.opts, CorruptEncoderMMOptions)
-        return self.opts
+    opts: CorruptEncoderMMOptions  # the options model above (a subclass of Carlini & Terzis')
 
     def prepare(self) -> None:
         super().prepare()
-        need_object = self.mm.reference_mode == "object"
+        need_object = self.opts.reference_mode == "object"
         self.references: list[Reference] = load_references(discover_references(self.target.references), self.labels,
                                                            need_object)
         self.objects = [r.object_rgba() for r in self.references]
@@ -59,7 +56,7 @@ class CorruptEncoderMMAttack(CarliniTerzisAttack):
     def _type2(self, job: Job, bg: Image.Image, bg_path: str) -> tuple[Image.Image, dict[str, Any]]:
         obj = self.objects[job["ref"]]
         ux, uy = job["u_place"]
-        g = square_poison(obj.size[0], obj.size[1], self.mm.alpha, ux, uy, self.run.max_size)
+        g = square_poison(obj.size[0], obj.size[1], self.opts.alpha, ux, uy, self.run.max_size)
         key = (job["ref"], g.object_size)
         if key not in self._cache:
             sized_rgb = obj.convert("RGB").resize(g.object_size, Image.Resampling.LANCZOS)

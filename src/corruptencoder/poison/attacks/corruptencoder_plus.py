@@ -40,10 +40,7 @@ class CorruptEncoderPlusAttack(CorruptEncoderAttack):
     options = CorruptEncoderPlusOptions
     needs = frozenset({"references", "backgrounds", "support"})
 
-    @property
-    def plus(self) -> CorruptEncoderPlusOptions:
-        assert isinstance(self.opts, CorruptEncoderPlusOptions)
-        return self.opts
+    opts: CorruptEncoderPlusOptions  # the options model above (a subclass of CorruptEncoder's)
 
     def prepare(self) -> None:
         super().prepare()
@@ -54,11 +51,11 @@ class CorruptEncoderPlusAttack(CorruptEncoderAttack):
 
     @property
     def num_support(self) -> int:
-        return int(round(self.target.num * self.plus.support_ratio))
+        return int(round(self.target.num * self.opts.support_ratio))
 
     def plan(self, rng: np.random.Generator, count: int | None = None) -> list[Job]:
         n = self.target.num if count is None else count
-        n_support = int(round(n * self.plus.support_ratio))
+        n_support = int(round(n * self.opts.support_ratio))
         jobs = super().plan(rng, n - n_support)
         for _ in range(n_support):
             ref = int(rng.integers(len(self.reference_images)))
@@ -95,6 +92,6 @@ class CorruptEncoderPlusAttack(CorruptEncoderAttack):
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
-        d.update({"support_ratio": self.plus.support_ratio, "num_support": self.num_support,
+        d.update({"support_ratio": self.opts.support_ratio, "num_support": self.num_support,
                   "support_images": [p for p, _ in self.supports]})
         return d

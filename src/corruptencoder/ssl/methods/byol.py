@@ -10,6 +10,7 @@ from lightly.loss import NegativeCosineSimilarity
 from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
 from lightly.utils.scheduler import cosine_schedule
 from pydantic import Field
+from torch import nn
 
 from corruptencoder.ssl.base import SSLMethod
 from corruptencoder.ssl.config import METHODS, MethodConfig, OptimConfig, OptimDefaults, Patch
@@ -47,14 +48,18 @@ class BYOL(SSLMethod[BYOLConfig]):
         self.projection_t = self.momentum_copy(self.projection)
         self.criterion = NegativeCosineSimilarity()
 
+
+    @property
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.backbone, self.backbone_t), (self.projection, self.projection_t)]
+
     def momentum(self) -> float:
         return cosine_schedule(int(self.global_step), self.total_steps, self.m.momentum, 1.0)
 
     def compute_loss(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         mom = self.momentum()
         with torch.no_grad():
-            self.ema(self.backbone, self.backbone_t, mom)
-            self.ema(self.projection, self.projection_t, mom)
+            self.update_momentum_pairs(mom)
             t0 = self.projection_t(self.backbone_t(views[0])).detach()
             t1 = self.projection_t(self.backbone_t(views[1])).detach()
         p0 = self.prediction(self.projection(self.backbone(views[0])))

@@ -98,6 +98,11 @@ class CompRess(SSLMethod[DistillConfig]):
         self.queue_t = bank(m.queue_size, t_dim, gather=True)  # the teacher's features
         self.queue_s = bank(m.queue_size, s_dim, gather=True)  # the student's momentum copy's features
 
+
+    @property
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.backbone, self.backbone_k), (self.head, self.head_k)]
+
     def train(self, mode: bool = True) -> "CompRess":
         super().train(mode)
         self.teacher.eval()  # the teacher is frozen: its BN statistics never move
@@ -108,8 +113,7 @@ class CompRess(SSLMethod[DistillConfig]):
         x = views[0]
         with torch.no_grad():
             t = nn.functional.normalize(self.teacher(x).float(), dim=1)
-            self.ema(self.backbone, self.backbone_k, m.momentum)
-            self.ema(self.head, self.head_k, m.momentum)
+            self.update_momentum_pairs(m.momentum)
             s_key = nn.functional.normalize(self.head_k(self.backbone_k(x)).float(), dim=1)
         s = nn.functional.normalize(self.head(self.backbone(x)).float(), dim=1)
         _, bank_t = self.queue_t(t, update=True)  # the banks as they were before this batch

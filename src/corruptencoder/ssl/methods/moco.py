@@ -71,6 +71,11 @@ class MoCo(SSLMethod[MoCoConfig]):
                                     gather_distributed=distributed)
         persistent_banks(self.criterion)
 
+
+    @property
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.backbone, self.backbone_k), (self.projection, self.projection_k)]
+
     def on_fit_start(self) -> None:
         if self.trainer.world_size > 1:  # real devices shuffle BN across ranks: no virtual split on top
             set_splits(self, 1)
@@ -91,8 +96,7 @@ class MoCo(SSLMethod[MoCoConfig]):
         m = self.m
         x0, x1 = views[0], views[1]
         with torch.no_grad():
-            self.ema(self.backbone, self.backbone_k, m.momentum)
-            self.ema(self.projection, self.projection_k, m.momentum)
+            self.update_momentum_pairs(m.momentum)
             k1 = self.key(x1)
             k0 = self.key(x0) if m.symmetric else None
         q0 = self.projection(self.backbone(x0))

@@ -83,6 +83,10 @@ class MSF(SSLMethod[MSFConfig]):
         persistent_banks(self.memory)
 
     @property
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.backbone, self.backbone_t), (self.projection, self.projection_t)]
+
+    @property
     def bank(self) -> torch.Tensor:
         return self.memory.bank
 
@@ -90,8 +94,7 @@ class MSF(SSLMethod[MSFConfig]):
         m = self.m
         weak, strong = views[0], views[1]
         with torch.no_grad():
-            self.ema(self.backbone, self.backbone_t, m.momentum)
-            self.ema(self.projection, self.projection_t, m.momentum)
+            self.update_momentum_pairs(m.momentum)
             t = nn.functional.normalize(self.projection_t(self.backbone_t(weak)), dim=1)
         q = nn.functional.normalize(self.prediction(self.projection(self.backbone(strong))), dim=1)
         _, stored = self.memory(t.float(), update=True)  # the bank before this batch is enqueued
