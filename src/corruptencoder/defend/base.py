@@ -38,6 +38,7 @@ class DefenceContext:
 
     out: Path
     seed: int = 0
+    preset: str | None = None
     pretrain: dict[str, Any] = field(default_factory=dict)
     encoder: Path | None = None
     files: list[str] = field(default_factory=list)

@@ -214,7 +214,8 @@ class Runner:
                       "encoder": base.name, "seed": seed, "v": __version__})
         out = self.cache / "defences" / key
         report_file = out / "defence.json"
-        ctx = DefenceContext(out=out / "work", seed=seed, pretrain=body, encoder=base / "encoder.pt",
+        ctx = DefenceContext(out=out / "work", seed=seed, preset=self.cfg.preset, pretrain=body,
+                             encoder=base / "encoder.pt",
                              clean_count=self.n_clean(), device=self.device, progress=self.progress,
                              resume=(out / "work" / "config.yaml").is_file())
         if defence.kind == "encoder":
