@@ -10,10 +10,11 @@ exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -186,7 +187,9 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     from corruptencoder.ssl.train import pretrain
 
     settings = {key: getattr(args, flag) for flag, key in _PRETRAIN_FLAGS.items() if getattr(args, flag) is not None}
-    cfg = build_pretrain_config(str(args.config) if args.config else None, args.preset, settings, args.overrides)
+    flags = {key: "--" + flag.replace("_", "-") for flag, key in _PRETRAIN_FLAGS.items() if key in settings}
+    cfg = build_pretrain_config(str(args.config) if args.config else None, args.preset, settings, args.overrides,
+                                flags=flags)
     res = pretrain(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     print(f"pre-trained {cfg.method.name} for {res.epochs} epochs on {res.num_images} images "
           f"({res.num_poisons} poisons) in {res.seconds:.0f} s ({res.images_per_second:.0f} img/s) -> {res.encoder}")
@@ -221,8 +224,10 @@ def _add_analyze(sub: Any, parents: dict[str, argparse.ArgumentParser]) -> None:
 
 def _cmd_analyze_crops(args: argparse.Namespace) -> int:
     from corruptencoder.analysis.crop_pairs import crop_report
-    from corruptencoder.utils.outputs import write_json_atomic
+    from corruptencoder.utils.outputs import check_writable, write_json_atomic
 
+    if args.json:
+        check_writable(args.json, "--json")
     lines, result = crop_report(str(args.poisons) if args.poisons else None, args.method, args.policies, args.delta,
                                 args.pairs, args.alphas, args.betas, not args.no_grid, args.seed)
     print("\n".join(lines))
@@ -262,7 +267,10 @@ def _add_evaluate(sub: Any, parents: dict[str, argparse.ArgumentParser]) -> None
     p.add_argument("--zero-shot", type=Path, help="a clip.pt: also score zero-shot classification with its text tower")
     p.add_argument("--clean-zero-shot", type=Path, help="the clean setting's clip.pt (zero-shot CA, no-attack ASR)")
     p.add_argument("--prompts", default="imagenet80", help="zero-shot prompt templates (imagenet80 | simple | file)")
-    p.add_argument("--probe-epochs", type=int, default=100)
+    p.add_argument("--probe", choices=["fast", "authors"], default="fast",
+                   help="fast: cached centre-crop features (default); authors: the authors' eval_linear.py protocol "
+                   "(augmented features every epoch, L2-normalised, SGD 0.01, 40 epochs)")
+    p.add_argument("--probe-epochs", type=int, help="default: 100 (fast) or 40 (authors)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--batch-size", type=int, default=256)
@@ -278,7 +286,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     if len(args.target) != len(args.trigger):
         raise UserError("give one --trigger per --target")
-    settings = EvalSettings(probe=ProbeConfig(epochs=args.probe_epochs, seed=args.seed), seed=args.seed,
+    if args.probe_epochs is not None and args.probe_epochs < 1:  # not "0 = the default": an untrained probe
+        raise UserError(f"probe epochs (--probe-epochs) = {args.probe_epochs}: train the probe for at least 1 epoch")
+    settings = EvalSettings(probe=ProbeConfig.for_protocol(args.probe, args.seed, args.probe_epochs), seed=args.seed,
                             location=tuple(args.location), trigger_size=parse_size(args.trigger_size),
                             batch_size=args.batch_size, device=args.device,
                             cache_dir=str(args.out / "features") if args.out else None, progress=not args.quiet)
@@ -349,6 +359,9 @@ def _add_run(sub: Any, parents: dict[str, argparse.ArgumentParser]) -> None:
                    "reuse each other's poisons, encoders and scores wherever the inputs are the same")
     p.add_argument("--arms", action="append", metavar="PATTERN",
                    help="run only the arms whose names match this glob, e.g. 'none/*' (repeatable)")
+    p.add_argument("--plan", action="store_true", help="print every stage the run would do (poisons, encoders "
+                   "with method / epochs / batch / lr, defences, evaluations), which are cached, and an estimate of "
+                   "the pre-training time from a throughput measured here; nothing is crafted or trained")
     p.set_defaults(func=_cmd_run)
 
 
@@ -358,6 +371,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_experiment(args.config, args.overrides)
     out = args.out or Path("runs") / cfg.name
+    if args.plan:
+        from corruptencoder.experiment.plan import plan_experiment
+
+        lines, _ = plan_experiment(cfg, out, only=args.arms or (), cache=args.cache, device=args.device)
+        print("\n".join(lines))
+        return 0
     result = run_experiment(cfg, out, progress=not args.quiet, device=args.device, only=args.arms or (),
                             cache=args.cache)
     _print_summary(result, out)
@@ -439,21 +458,122 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _crash_file(text: str) -> Path | None:
+    """Write a traceback where a user can find it: $CORRUPTENCODER_CACHE/crashes (default
+    ~/.cache/corruptencoder/crashes), else the system temp folder."""
+    import tempfile
+    import time
+
+    cache = os.environ.get("CORRUPTENCODER_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "corruptencoder")
+    name = f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+    for folder in (Path(cache) / "crashes", Path(tempfile.gettempdir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / name
+            path.write_text(text, encoding="utf-8")
+            return path
+        except OSError:
+            continue
+    return None
+
+
+def _os_error(exc: OSError) -> str:
+    """An OSError that escaped the library (a path that cannot be read or written) as one sentence."""
+    import errno
+
+    where = exc.filename if exc.filename is not None else ""
+    what = exc.strerror or str(exc)
+    fix = {errno.ENOSPC: "free some space or write elsewhere", errno.EDQUOT: "free some space or write elsewhere",
+           errno.EACCES: "check the permissions or choose another path", errno.EPERM: "check the permissions or "
+           "choose another path", errno.EROFS: "the filesystem is read-only: choose another path",
+           errno.ENOENT: "check the path", errno.ENOTDIR: "a part of the path is a file, not a folder: check the path",
+           errno.EISDIR: "give a file, not a folder", errno.ENOMEM: "use smaller inputs or a machine with more "
+           "memory"}.get(exc.errno or 0, "check the path and try again")
+    return f"{where}: {what}; {fix}" if where else f"{what}; {fix}"
+
+
+def _fail(exc: BaseException, verbose: bool) -> int:
+    """Every way a verb can fail, as one ``error:`` line on stderr and an exit status: 2 for bad input
+    or an unusable environment (a path, a device), 128 + N for signal N, 1 for a bug (whose traceback
+    goes to a file, and to stderr too with -v)."""
+    import traceback
+
+    from pydantic import ValidationError
+
+    from corruptencoder.errors import Interrupted
+    from corruptencoder.utils.config import format_validation_error
+
+    def say(line: str) -> None:
+        print("error: " + " ".join(line.split()), file=sys.stderr, flush=True)
+
+    if isinstance(exc, UserError):
+        say(str(exc))
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):  # raised where our handler was not installed (another thread)
+        exc = Interrupted(2)
+    if type(exc).__name__ == "SIGTERMException":  # Lightning's (a SystemExit with code None: success!)
+        exc = Interrupted(15)
+    if isinstance(exc, Interrupted):
+        say(f"interrupted by {exc.signal_name}; " + (exc.note or "nothing half-written was left behind"))
+        return exc.exit_code
+    if isinstance(exc, ValidationError):
+        say(format_validation_error(exc, ""))
+        return 2
+    if isinstance(exc, OSError):
+        say(_os_error(exc))
+        return 2
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or (
+            isinstance(exc, RuntimeError) and ("can't allocate memory" in str(exc) or "out of memory" in str(exc))):
+        say("out of memory; use smaller inputs (fewer or smaller images, a smaller batch) or a machine with more "
+            "memory")
+        return 2
+    text = "".join(traceback.format_exception(exc))
+    if verbose:
+        print(text, file=sys.stderr, end="", flush=True)
+    path = _crash_file(f"corruptencoder {__version__}\nargv: {sys.argv!r}\n\n{text}")
+    where = f"the traceback is in {path}" if path else "the traceback could not be saved"
+    message = " ".join(str(exc).split())[:300] or "no message"
+    say(f"internal error ({type(exc).__name__}: {message}); this is a bug in corruptencoder, "
+        f"please report it: {where}" + ("" if verbose else " (run with -v to print it)"))
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from corruptencoder.utils.signals import interrupts_raise
+
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    with interrupts_raise():
+        try:
+            return int(args.func(args) or 0)
+        except SystemExit as exc:
+            if type(exc).__name__ != "SIGTERMException":
+                raise
+            failure: BaseException = exc
+        except BaseException as exc:  # noqa: BLE001 - the one place every failure becomes one line
+            failure = exc
+        with _signals_ignored():  # the cleanup already ran: a second Ctrl-C must not turn into a traceback
+            return _fail(failure, args.verbose)
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return int(args.func(args) or 0)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted; nothing half-written was left behind", file=sys.stderr)
-        return 130
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
 
 
 if __name__ == "__main__":  # pragma: no cover

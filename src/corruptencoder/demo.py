@@ -35,13 +35,14 @@ DEMO_OBJECT_SCALE = (0.5, 0.9)
 
 
 def demo_world(image_size: int = 64, seed: int = 0, progress: bool = False,
-               object_scale: tuple[float, float] = DEMO_OBJECT_SCALE, **counts: int) -> Path:
-    """Path of the demo world (generated on first use, then reused)."""
+               object_scale: tuple[float, float] = DEMO_OBJECT_SCALE, generate: bool = True, **counts: int) -> Path:
+    """Path of the demo world (generated on first use, then reused; ``generate=False``: only where it is)."""
     from corruptencoder.data.synthetic import WorldConfig, ensure_world
 
     merged = {**DEMO_COUNTS, **counts}
     cfg = WorldConfig(image_size=image_size, seed=seed, object_scale=cast(tuple[float, float], tuple(object_scale)))
-    return ensure_world(cache_dir() / "worlds", cfg, target=DEMO_TARGET, progress=progress, **merged)
+    return ensure_world(cache_dir() / "worlds", cfg, target=DEMO_TARGET, progress=progress, generate=generate,
+                        **merged)
 
 
 def demo_task_config(image_size: int = 32, **world: Any) -> "TaskConfig":

@@ -35,3 +35,29 @@ class ConfigError(UserError):
 
 class OutputExistsError(UserError):
     """The output folder exists and ``--overwrite`` was not given."""
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM reached the command line (``utils/signals.py`` raises it in place of Python's
+    KeyboardInterrupt, which Lightning turns into ``sys.exit(1)``). A BaseException, like
+    KeyboardInterrupt, so ``except Exception`` never swallows it and every ``finally`` cleans up. The
+    CLI prints one line (with ``note``: e.g. where the checkpoint is and how to resume) and exits with
+    128 + the signal number: 130 for SIGINT, 143 for SIGTERM."""
+
+    def __init__(self, signum: int, note: str = "") -> None:
+        super().__init__(signum, note)
+        self.signum = signum
+        self.note = note
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    @property
+    def signal_name(self) -> str:
+        import signal
+
+        try:
+            return signal.Signals(self.signum).name
+        except ValueError:
+            return f"signal {self.signum}"

@@ -106,9 +106,11 @@ def apply_preset(name: str | None, config: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_pretrain_config(config: str | None, preset: str | None, settings: dict[str, Any],
-                          overrides: list[str] | None = None, source: str = "pretrain options") -> Any:
+                          overrides: list[str] | None = None, source: str = "pretrain options",
+                          flags: dict[str, str] | None = None) -> Any:
     """A pre-training config from a YAML/JSON file, ``settings`` (dotted keys -> values, e.g. the
-    ``pretrain`` command's flags), ``--set`` overrides and a preset under all of them."""
+    ``pretrain`` command's flags), ``--set`` overrides and a preset under all of them; ``flags`` maps a
+    dotted key to the flag that set it, so an error names what the user typed."""
     from corruptencoder.ssl.config import PretrainConfig
     from corruptencoder.utils.config import apply_overrides, read_mapping, set_key, validate
 
@@ -125,4 +127,6 @@ def build_pretrain_config(config: str | None, preset: str | None, settings: dict
 
         data["data"]["clean"] = str(demo_world() / "pretrain")
     data = apply_preset(preset, data)
-    return validate(PretrainConfig, data, str(config) if config else source)
+    names = flags or {}
+    return validate(PretrainConfig, data, str(config) if config else source,
+                    rename=lambda key: f"{names[key]} ({key})" if key in names else key)

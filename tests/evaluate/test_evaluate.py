@@ -201,3 +201,38 @@ def test_timm_weights_load(tmp_path: Path) -> None:
     net.eval()
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(model(x), net(x))
+
+
+def test_authors_probe_protocol_learns_and_is_deterministic(task_root: Path, encoder_file: Path) -> None:
+    """The authors' eval_linear.py protocol: augmented features every epoch, L2 then standardise."""
+    from corruptencoder.evaluate.linear_probe import train_augmented_probe
+    from corruptencoder.evaluate.run import AugmentedBatches
+
+    cfg = ProbeConfig.for_protocol("authors", seed=3, epochs=6)
+    assert (cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.protocol) == (0.01, 1e-4, 256, "authors")
+    assert ProbeConfig.for_protocol("authors").epochs == 40 and ProbeConfig.for_protocol("fast").epochs == 100
+    task = load_task(TaskConfig(root=str(task_root), image_size=16))
+    model, _, _ = load_encoder(encoder_file)
+    batches = AugmentedBatches(model, task.train.files, task.train.labels or [], 16, 16, 8, "cpu", seed=3)
+    first, again = batches(0), batches(0)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(first, again, strict=True))  # same epoch, same views
+    assert not torch.equal(first[0][0], batches(1)[0][0])  # another epoch, other views
+    scorer = Scorer(encoder_file, task, EvalSettings(probe=cfg, seed=3))
+    centre = scorer.features(task.train.files, "train")
+    probe = train_augmented_probe(batches, centre, 3, cfg)
+    assert probe.l2 and probe.weight.shape == (3, centre.shape[1])
+    x = torch.nn.functional.normalize(centre, dim=1)
+    torch.testing.assert_close(probe.mean, x.mean(0))
+    res = Scorer(encoder_file, task, EvalSettings(probe=cfg, seed=3)).score([])
+    assert res["accuracy"] == Scorer(encoder_file, task, EvalSettings(probe=cfg, seed=3)).score([])["accuracy"]
+    assert res["accuracy"] > 100 / 3  # brightness separates the classes, even through a random encoder
+
+
+def test_trigger_paste_can_round_trip_through_jpeg_as_the_authors_test_set() -> None:
+    trig = np.full((6, 6, 3), 255, np.uint8)
+    img = torch.full((3, 32, 32), 60, dtype=torch.uint8)
+    exact = TriggerPaste(trig, 0)(img, 3)
+    lossy = TriggerPaste(trig, 0, jpeg_quality=75)(img, 3)
+    assert lossy.shape == exact.shape and lossy.dtype == torch.uint8
+    assert not torch.equal(lossy, exact)  # JPEG changed the pixels ...
+    assert (lossy.float() - exact.float()).abs().mean() < 6  # ... a little

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -128,3 +131,51 @@ def test_location_box_and_capped_size() -> None:
         location_box((200, 100), 0.8, 0.2)
     assert capped_size((1600, 800), 800) == (800, 400)
     assert capped_size((100, 50), 800) == (100, 50)
+
+
+@given(st.integers(20, 400), st.integers(20, 400), st.floats(0.3, 0.7), st.floats(0.0, 0.049),
+       st.sampled_from(["wide-left", "wide-right"]))
+def test_authors_layout_margin_and_trigger_region(w: int, h: int, alpha: float, margin: float, layout: str) -> None:
+    """The authors' script: the object 0-5 % of the poison width from its edge; the trigger at least
+    (1 - beta) / 2 of (image width - object width) from the object's inner edge and from the far edge."""
+    g = poison_geometry(w, h, alpha, layout, None, margin)  # type: ignore[arg-type]
+    pw, ph = g.image_size
+    ow, _ = g.object_size
+    assert g.margin == min(int(margin * pw), pw - ow - 1)
+    x0, _, x1, _ = g.object_box
+    assert (x0 == g.margin) if layout == "wide-left" else (pw - x1 == g.margin)
+    region = trigger_region(g, 0.5)
+    inset = 0.25 * (pw - ow)
+    if layout == "wide-left":
+        assert region[0] >= x1 + inset - 1 and region[2] <= pw - inset + 1
+    else:
+        assert region[0] >= inset - 1 and region[2] <= x0 - inset + 1
+    assert region[1] >= 0.25 * ph - 1 and region[3] <= 0.75 * ph + 1
+
+
+def test_authors_layout_crafts_wide_poisons_at_the_bottom(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from conftest import noise_image, object_scene
+    from corruptencoder.poison.config import CraftConfig
+    from corruptencoder.poison.craft import craft
+    from corruptencoder.poison.manifest import read_manifest
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "bg").mkdir()
+    (tmp_path / "refs").mkdir()
+    for i in range(3):
+        noise_image(rng, 300, 400).save(tmp_path / "bg" / f"{i}.png")  # taller than the poisons
+    img, mask = object_scene(rng, 120, 90)
+    img.save(tmp_path / "refs" / "1.png")
+    Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "refs" / "1_mask.png")
+    cfg = CraftConfig.model_validate({"targets": [{"name": "t", "num": 12, "layout": "authors", "trigger_size": 10,
+                                                   "references": [str(tmp_path / "refs")],
+                                                   "backgrounds": [str(tmp_path / "bg")]}]})
+    craft(cfg, tmp_path / "o", progress=False)
+    recs = read_manifest(tmp_path / "o")
+    assert {r["layout"] for r in recs} == {"wide-left", "wide-right"}
+    for r in recs:
+        w, h = r["image_size"]
+        assert r["object_box"][3] == h and 0 <= r["object_margin"] <= 0.05 * w
+        assert r["background_box"][3] == 400  # cropped at the background's bottom, as the authors' script

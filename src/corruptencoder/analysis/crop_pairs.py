@@ -25,6 +25,9 @@ import numpy as np
 from corruptencoder.poison.geometry import LAYOUTS, Box, place_trigger, poison_geometry
 from corruptencoder.ssl.crops import CropPolicy, CropPolicyName
 
+#: view pairs per poison: beyond this the estimate stops improving and the run takes hours
+MAX_PAIRS = 1_000_000
+
 
 @dataclass(frozen=True)
 class PoisonBoxes:
@@ -96,7 +99,7 @@ def estimate(poisons: Sequence[PoisonBoxes], policy: CropPolicy, pairs_per_poiso
 
 def poisons_from_manifest(records: Iterable[dict[str, Any]]) -> list[PoisonBoxes]:
     return [PoisonBoxes(tuple(r["image_size"]), tuple(r["object_box"]), tuple(r["trigger_box"]))
-            for r in records if r.get("object_box") and r.get("trigger_box")]
+            for r in records if r.get("object_box") and r.get("trigger_box") and r.get("image_size")]
 
 
 def synthetic_poisons(alpha: float, beta: float, n: int = 24, trigger_frac_of_side: float = 0.1,
@@ -148,11 +151,19 @@ def crop_report(poisons: str | None, method: str = "moco",
                 betas: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9), grid: bool = True,
                 seed: int = 0) -> tuple[list[str], dict[str, object]]:
     """The ``analyze crops`` report: the printed lines and the numbers (for ``--json``)."""
+    import math
+
     from corruptencoder.errors import UserError
     from corruptencoder.poison.manifest import read_manifest
 
-    if pairs < 1:
-        raise UserError("--pairs must be at least 1")
+    if not 1 <= pairs <= MAX_PAIRS:
+        raise UserError(f"--pairs {pairs}: use 1 to {MAX_PAIRS:,} view pairs per poison (200 is plenty)")
+    if not (math.isfinite(delta) and 0.0 <= delta <= 10.0):
+        raise UserError(f"--delta {delta}: the localized-cropping enlargement must be between 0 and 10 (e.g. 0.2)")
+    for flag, values in (("--alphas", alphas), ("--betas", betas)):
+        bad = [v for v in values if not 0.0 < v < 1.0]  # nan fails too
+        if bad and grid:
+            raise UserError(f"{flag}: {bad[0]} is outside (0, 1); give fractions such as 0.3 0.5 0.7")
     lines: list[str] = []
     result: dict[str, object] = {"method": method, "delta": delta}
     if poisons:

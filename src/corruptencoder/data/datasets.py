@@ -65,16 +65,24 @@ class ImageStore:
             self.cached = self._decode_all(progress)
 
     def _decode_all(self, progress: bool) -> list[torch.Tensor | None]:
-        from tqdm import tqdm
+        from corruptencoder.utils.progress import progress as show
 
         out: list[torch.Tensor | None] = []
-        for i in tqdm(range(len(self.files)), desc="decoding", unit="img", disable=not progress, leave=False):
+        for i in show(range(len(self.files)), desc="decoding", unit="img", enabled=progress, leave=False):
             out.append(self._try(i))
         if self.skipped:
             log.warning("skipped %d unreadable image(s), e.g. %s", len(self.skipped), next(iter(self.skipped.values())))
         if all(t is None for t in out):
             raise ImageError(f"none of the {len(out)} images could be decoded, e.g. {self.files[0]}")
         return out
+
+    def log_skipped_to(self, path: str | os.PathLike[str]) -> None:
+        """From now on record unreadable files in ``path`` (worker processes too), starting with those found so
+        far: a store is built before its run's output folder exists, which must hold nothing on bad input."""
+        self.skip_log = str(path)
+        if self.skipped:
+            with open(self.skip_log, "a", encoding="utf-8") as fh:
+                fh.writelines(f"{f}\t{why}\n" for f, why in self.skipped.items())
 
     def _try(self, index: int) -> torch.Tensor | None:
         path = self.files[index]
@@ -122,7 +130,19 @@ class ArrayStore:
 def _worker_rng() -> np.random.Generator:
     # torch seeds every loader worker differently (and reproducibly with Lightning's
     # seed_everything(workers=True)); derive numpy's generator from it.
+    if torch.utils.data.get_worker_info() is not None:
+        _leave_signals_to_the_main_process()
     return np.random.default_rng(torch.initial_seed() % (2**63))
+
+
+def _leave_signals_to_the_main_process() -> None:
+    """In a loader worker: ignore SIGINT / SIGTERM (a scheduler may send them to every process of a job),
+    which the main process turns into one line and a clean stop that ends its workers; inherited, the
+    CLI's handler would print a traceback per worker. Touches no random state."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 class ViewDataset(Dataset[tuple[list[torch.Tensor], int]]):

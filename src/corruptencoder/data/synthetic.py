@@ -1259,9 +1259,9 @@ def generate_world(
 
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from corruptencoder.utils.progress import progress_bar
 
-        bar = tqdm(total=len(jobs), desc="demo world", unit="img")
+        bar = progress_bar(total=len(jobs), desc="demo world", unit="img")  # a bar, or one line in a log
     try:
         with atomic_output_dir(out, overwrite=replace) as tmp:
             made: set[Path] = set()
@@ -1305,7 +1305,7 @@ _COUNT_DEFAULTS = {
 
 
 def ensure_world(cache_dir: str | os.PathLike[str], config: WorldConfig = WorldConfig(), *, progress: bool = False,
-                 **counts: Any) -> Path:
+                 generate: bool = True, **counts: Any) -> Path:
     """Return a cached world for ``(config, counts)``, generating it only the first time.
 
     Why: experiments and tests can ask for "the demo world" repeatedly at no cost. The folder
@@ -1324,7 +1324,7 @@ def ensure_world(cache_dir: str | os.PathLike[str], config: WorldConfig = WorldC
     key = json.dumps(payload, sort_keys=True, default=lambda o: o.item() if hasattr(o, "item") else str(o))
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     path = Path(cache_dir) / f"world-{digest}"
-    if (path / "world.json").is_file():
+    if (path / "world.json").is_file() or not generate:  # generate=False: where it is (or would be)
         return path
     # world.json is written last inside an atomically renamed folder, so a folder without it can
     # only be foreign debris; replacing it is safe. Concurrent callers produce identical bytes.

@@ -52,7 +52,7 @@ def extract_features(encoder: nn.Module, files: Sequence[str | os.PathLike[str]]
                      desc: str = "features") -> torch.Tensor:
     """(N, D) float32 features of image files or (H, W, 3) uint8 arrays (resize + centre crop
     [+ transform], normalised)."""
-    from tqdm import tqdm
+    from corruptencoder.utils.progress import progress as show
 
     if len(files) and isinstance(files[0], np.ndarray):
         store: ImageStore | ArrayStore = ArrayStore(cast(Sequence[np.ndarray], files))
@@ -64,7 +64,7 @@ def extract_features(encoder: nn.Module, files: Sequence[str | os.PathLike[str]]
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=device != "cpu")
     encoder = encoder.to(device).eval().to(memory_format=torch.channels_last)
     out = []
-    for x, _y, _i in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+    for x, _y, _i in show(loader, desc=desc, unit="batch", enabled=progress, leave=False):
         x = normalize_batch(x.to(device, non_blocking=True).float().div_(255.0)).contiguous(
             memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):

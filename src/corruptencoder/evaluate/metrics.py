@@ -13,7 +13,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -67,3 +68,35 @@ def feature_pull(triggered: torch.Tensor, clean: torch.Tensor, references: torch
     c = torch.nn.functional.normalize(clean.float(), dim=1) @ ref
     return {"triggered": round(float(t.mean()), 4), "clean": round(float(c.mean()), 4),
             "delta": round(float(t.mean() - c.mean()), 4)}
+
+
+def auroc(pos: Sequence[float], neg: Sequence[float]) -> float:
+    """P(a random positive scores above a random negative), ties counted half (Mann-Whitney, average ranks)."""
+    import numpy as np
+
+    values = np.concatenate([np.asarray(pos, float), np.asarray(neg, float)])
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    upper = np.cumsum(counts)
+    ranks = (upper - (counts - 1) / 2.0)[inverse]  # average 1-based rank of each tie group
+    n_pos, n_neg = len(pos), len(neg)
+    return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def detection_metrics(scores: dict[str, float], kept: Iterable[str], poisons: Iterable[str]) -> dict[str, Any]:
+    """How well a poison search did against the known poisons (which it never saw): precision and recall
+    (%) of the files it removed, and the AUROC of its poison score. Paths are compared resolved."""
+    from pathlib import Path
+
+    def key(f: str) -> str:
+        return str(Path(f).resolve())
+
+    truth = {key(f) for f in poisons}
+    files = {key(f): v for f, v in scores.items()}
+    removed = set(files) - {key(f) for f in kept}
+    hit = len(removed & truth)
+    pos = [v for f, v in files.items() if f in truth]
+    neg = [v for f, v in files.items() if f not in truth]
+    return {"poisons": len(truth), "removed": len(removed), "removed_poisons": hit,
+            "precision": round(100.0 * hit / len(removed), 2) if removed else None,
+            "recall": round(100.0 * hit / len(truth), 2) if truth else None,
+            "auroc": round(auroc(pos, neg), 4) if pos and neg else None}

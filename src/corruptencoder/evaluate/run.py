@@ -20,7 +20,7 @@ import torch
 
 from corruptencoder.errors import UserError
 from corruptencoder.evaluate.features import FeatureCache, cache_key, extract_features, file_digest
-from corruptencoder.evaluate.linear_probe import LinearProbe, ProbeConfig, train_linear_probe
+from corruptencoder.evaluate.linear_probe import LinearProbe, ProbeConfig, train_augmented_probe, train_linear_probe
 from corruptencoder.evaluate.metrics import (
     accuracy,
     attack_success_rate,
@@ -155,11 +155,96 @@ class EvalSettings:
     cache_dir: str | None = None
     progress: bool = False
     backbone: dict[str, Any] | None = None  # for plain state dicts (encoder.pt carries its own)
+    trigger_jpeg_quality: int | None = None  # triggered test images through JPEG (the authors' test set: 75)
+
+    def __post_init__(self) -> None:
+        """Values checked here, before any file is read or feature extracted."""
+        if self.probe.epochs < 1:
+            raise UserError(f"probe epochs (--probe-epochs) = {self.probe.epochs}: train the probe for at least 1 "
+                            "epoch (default 100)")
+        if self.batch_size < 1:
+            raise UserError(f"batch size (--batch-size) = {self.batch_size}: use at least 1 (default 256)")
+        lo, hi = (float(v) for v in self.location)
+        if not 0.0 <= lo < hi <= 1.0:  # nan fails too
+            raise UserError(f"trigger location (--location) [{lo:g}, {hi:g}] must satisfy 0 <= LO < HI <= 1, "
+                            "e.g. 0.25 0.75")
+        if self.trigger_size is not None and min(self.trigger_size) < 1:
+            raise UserError(f"trigger size (--trigger-size) {self.trigger_size}: use at least 1 px")
+        check_device(self.device)
 
     def resolved_device(self) -> str:
         if self.device == "auto":
             return "cuda" if torch.cuda.is_available() else "cpu"
         return self.device
+
+
+def check_device(device: str) -> str:
+    """``auto``, ``cpu``, ``cuda`` / ``cuda:N`` or ``mps``, and present on this machine (--device)."""
+    d = device.strip().lower()
+    if d in ("auto", "cpu"):
+        return d
+    if d == "cuda" or d.startswith("cuda:"):
+        index = d.partition(":")[2]
+        if index and not index.isdigit():
+            raise UserError(f"--device {device}: use cuda or cuda:N (N a GPU index), cpu or auto")
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device}: no CUDA GPU is visible on this machine; use --device cpu or auto")
+        if index and int(index) >= torch.cuda.device_count():
+            raise UserError(f"--device {device}: only {torch.cuda.device_count()} CUDA GPU(s) are visible "
+                            f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+        return d
+    if d == "mps":
+        if not torch.backends.mps.is_available():
+            raise UserError(f"--device {device}: Apple's MPS is not available here; use --device cpu or auto")
+        return d
+    raise UserError(f"--device {device}: unknown device; use auto, cpu, cuda, cuda:N or mps")
+
+
+class AugmentedBatches:
+    """The authors' probe's training data: every epoch, each training image randomly resized-cropped
+    (area 0.08-1, torchvision's aspect range) to the evaluation size and flipped with probability 0.5,
+    drawn from ``(seed, epoch, image)`` (same bytes for any batch size or worker count), then embedded
+    by the frozen encoder. Images are decoded once (shorter side = the evaluation resize) when they fit
+    in memory."""
+
+    def __init__(self, encoder: torch.nn.Module, files: Sequence[Any], labels: Sequence[int], size: int,
+                 resize: int | None, batch_size: int, device: str, seed: int) -> None:
+        from corruptencoder.data.datasets import ImageStore
+
+        self.encoder = encoder.to(device).eval()
+        self.labels = torch.tensor(list(labels), dtype=torch.long)
+        self.size = size
+        self.store = ImageStore(list(files), resize or int(round(size * 256 / 224)), cache="auto")
+        self.batch_size = batch_size
+        self.device = device
+        self.seed = seed
+
+    def _view(self, index: int, epoch: int) -> torch.Tensor:
+        from torchvision.transforms.v2 import functional as TF
+
+        from corruptencoder.ssl.crops import random_resized_crop
+
+        rng = np.random.default_rng([self.seed, epoch, index])
+        img, _ = self.store.get(index)
+        h, w = img.shape[-2:]
+        x0, y0, x1, y1 = random_resized_crop(rng, w, h, (0.08, 1.0))
+        view = TF.resized_crop(img, y0, x0, y1 - y0, x1 - x0, [self.size, self.size], antialias=True)
+        return view.flip(-1) if rng.random() < 0.5 else view
+
+    @torch.no_grad()
+    def __call__(self, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        from corruptencoder.ssl.augment import normalize_batch
+
+        order = torch.randperm(len(self.labels), generator=torch.Generator().manual_seed(self.seed * 1000 + epoch))
+        out = []
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            x = torch.stack([self._view(int(i), epoch) for i in idx]).to(self.device).float().div_(255.0)
+            x = normalize_batch(x).contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.startswith("cuda")):
+                feats = self.encoder(x)
+            out.append((feats.float().cpu(), self.labels[idx]))
+        return out
 
 
 class Scorer:
@@ -195,7 +280,12 @@ class Scorer:
         tr, te = self.task.train, self.task.test
         ftr = self.features(tr.files, "train features")
         fte = self.features(te.files, "test features")
-        probe = train_linear_probe(ftr, torch.tensor(tr.labels), len(self.task.classes), self.s.probe)
+        if self.s.probe.protocol == "authors":
+            batches = AugmentedBatches(self.encoder, tr.files, list(tr.labels or []), self.size, self.resize,
+                                       self.s.probe.batch_size, self.s.resolved_device(), self.s.probe.seed)
+            probe = train_augmented_probe(batches, ftr, len(self.task.classes), self.s.probe)
+        else:
+            probe = train_linear_probe(ftr, torch.tensor(tr.labels), len(self.task.classes), self.s.probe)
         return probe, fte, torch.tensor(te.labels)
 
     def score(self, targets: Sequence[EvalTarget]) -> dict[str, Any]:
@@ -217,12 +307,13 @@ class Scorer:
         idx = torch.nonzero(yte != target).flatten()
         trig = resize_trigger(t.trigger, self.s.trigger_size)
         lo, hi = self.s.location
-        paste = TriggerPaste(trig, self.s.seed, lo, hi)
+        paste = TriggerPaste(trig, self.s.seed, lo, hi, self.s.trigger_jpeg_quality)
         files = [self.task.test.files[int(i)] for i in idx]
         index_map = idx.tolist()
         ftrig = self.features(files, f"triggered ({t.name})", lambda img, j: paste(img, index_map[j]),
                               transform_key={"trigger": _digest(trig), "seed": self.s.seed, "loc": [lo, hi],
-                                             "index": _digest(np.asarray(index_map))})
+                                             "index": _digest(np.asarray(index_map)),
+                                             "jpeg": self.s.trigger_jpeg_quality})
         ptrig = probe.predict(ftrig)
         asr, n = attack_success_rate(ptrig, yte[idx], target)
         ref_feats = self.array_features(_object_arrays(t), "reference objects")
@@ -311,6 +402,20 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def check_trigger_fits(target: EvalTarget, settings: EvalSettings, image_size: int) -> None:
+    """The trigger must fit wholly inside the location box of the (square) preprocessed test images."""
+    from corruptencoder.poison.geometry import largest_fit, location_box
+
+    trig = resize_trigger(target.trigger, settings.trigger_size)
+    th, tw = trig.shape[:2]
+    lo, hi = settings.location
+    rw, rh = largest_fit(location_box((image_size, image_size), lo, hi))
+    if tw > rw or th > rh:
+        hint = f"use --trigger-size {min(rw, rh)} or less" if min(rw, rh) >= 1 else "use a larger --image-size"
+        raise UserError(f"target {target.name}: a {tw}x{th} trigger does not fit in the [{lo:g}, {hi:g}] box "
+                        f"({rw}x{rh} px) of the {image_size} px test images; {hint}, or a wider --location")
+
+
 def evaluate_encoder(encoder: str | os.PathLike[str], task: Task, *,
                      clean_encoder: str | os.PathLike[str] | None = None,
                      poisons: Sequence[str | os.PathLike[str]] = (), targets: Sequence[tuple[str, str]] = (),
@@ -336,8 +441,16 @@ def evaluate_encoder(encoder: str | os.PathLike[str], task: Task, *,
         found.append(EvalTarget(nm, cls or nm, load_trigger_file(trig), str(trig)))
     if not found:
         raise UserError("no target to attack-score: give --poisons DIR or --target NAME --trigger FILE")
-    for target in found:  # an unknown class fails now, before any feature is extracted
+    if not 8 <= t.config.image_size <= 4096:
+        raise UserError(f"evaluation image size (--image-size or the task's image_size) {t.config.image_size}: use 8 "
+                        "to 4096 px (the paper: 224)")
+    for target in found:  # an unknown class or a trigger too large fails now, before any feature is extracted
         t.class_index(target.class_name)
+        check_trigger_fits(target, settings, t.config.image_size)
+    if out:
+        from corruptencoder.utils.outputs import check_writable
+
+        check_writable(Path(out) / "metrics.json", "--out")
     if backbone:
         from corruptencoder.ssl.backbones import backbone_spec
 

@@ -30,6 +30,7 @@ from corruptencoder.data.folders import (
     stratified_subset,
 )
 from corruptencoder.errors import UserError
+from corruptencoder.poison.classnames import FLOWERS102, readable
 from corruptencoder.utils.config import StrictModel
 
 TaskKind = Literal["imagefolder", "imagenet", "filelist", "pets", "flowers102", "caltech101"]
@@ -54,6 +55,8 @@ class TaskConfig(StrictModel):
     test: str | None = Field(None, description="imagefolder: sub-folder (default test, else val); filelist: list file")
     classes: str | list[str] | None = Field(
         None, description="class list file (imagenet: wnids, e.g. imagenet100_B.txt) or an inline list of classes")
+    extra_classes: list[str] = Field(default_factory=list, description="classes appended to the class list (e.g. "
+                                     "a target class the published list lacks)")
     train_fraction: float | None = Field(None, gt=0.0, le=1.0, description="seeded fraction of each class for training")
     train_per_class: int | None = Field(None, ge=1, description="seeded count per class for training")
     test_per_class: int | None = Field(None, ge=1, description="seeded cap per class for testing (quick runs)")
@@ -73,18 +76,27 @@ class Task:
         assert self.train.classes is not None
         return self.train.classes
 
+    @property
+    def names(self) -> list[str]:
+        """What prompts call each class: ImageNet wnids by name, the rest with ``_``/``-`` as spaces."""
+        return [readable(c) for c in self.classes]
+
     def class_index(self, name: str) -> int:
-        """Index of a class by name (or wnid, or an integer string)."""
+        """Index of a class by its label (a folder name, a wnid) or its name ("ski mask", "lotus"); a name
+        the task lacks is an error listing some of its classes (never a guess by number)."""
         if name in self.classes:
             return self.classes.index(name)
-        norm = {c.lower().replace(" ", "_").replace("-", "_"): i for i, c in enumerate(self.classes)}
-        key = name.lower().replace(" ", "_").replace("-", "_")
-        if key in norm:
-            return norm[key]
-        if name.isdigit() and int(name) < len(self.classes):
-            return int(name)
+
+        def norm(text: str) -> str:
+            return text.lower().replace(" ", "_").replace("-", "_")
+
+        key = norm(name)
+        for i, (label, text) in enumerate(zip(self.classes, self.names, strict=True)):
+            if key in (norm(label), norm(text)):
+                return i
         raise UserError(f"target class {name!r} is not a class of task {self.config.name} "
-                        f"(classes: {', '.join(self.classes[:8])}{', ...' if len(self.classes) > 8 else ''})")
+                        f"(classes: {', '.join(self.classes[:8])}{', ...' if len(self.classes) > 8 else ''}); "
+                        "give the class's folder name, wnid or name")
 
     def digest(self) -> str:
         """Identifies the exact files and labels (for feature caches)."""
@@ -98,8 +110,9 @@ class Task:
 
 def _classes(cfg: TaskConfig) -> list[str] | None:
     if cfg.classes is None:
-        return None
-    return list(cfg.classes) if isinstance(cfg.classes, list) else read_class_list(cfg.classes)
+        return list(cfg.extra_classes) or None
+    listed = list(cfg.classes) if isinstance(cfg.classes, list) else read_class_list(cfg.classes)
+    return listed + [c for c in cfg.extra_classes if c not in listed]
 
 
 def _missing(kind: str, root: Path, detail: str = "") -> UserError:
@@ -158,16 +171,7 @@ def _torchvision(cfg: TaskConfig) -> tuple[ImageCollection, ImageCollection]:
             return (ImageCollection(list(tr._images), list(tr._labels), classes, str(root)),
                     ImageCollection(list(te._images), list(te._labels), classes, str(root)))
         if kind == "flowers102":
-            base = root / "flowers-102"
-            if not (base / "jpg").is_dir() or not (base / "setid.mat").is_file():
-                raise _missing(kind, root)
-            from torchvision.datasets import Flowers102
-
-            parts = [Flowers102(str(root), s) for s in ("train", "val", "test")]
-            classes = [str(i) for i in range(102)]
-            return (ImageCollection(list(parts[0]._image_files) + list(parts[1]._image_files),
-                                    list(parts[0]._labels) + list(parts[1]._labels), classes, str(root)),
-                    ImageCollection(list(parts[2]._image_files), list(parts[2]._labels), classes, str(root)))
+            return _flowers102(root)
         if kind == "caltech101":
             cats_dir = root / "caltech101" / "101_ObjectCategories"
             if not cats_dir.is_dir():  # checked first: torchvision would create folders under root
@@ -185,6 +189,33 @@ def _torchvision(cfg: TaskConfig) -> tuple[ImageCollection, ImageCollection]:
     except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted ..."
         raise _missing(kind, root, str(exc).split(".")[0]) from None
     raise UserError(f"task kind {kind!r} is unknown")  # pragma: no cover
+
+
+def _flowers102(root: Path) -> tuple[ImageCollection, ImageCollection]:
+    """Oxford Flowers-102 from its own files (``imagelabels.mat``, ``setid.mat``, ``jpg/``), read as
+    torchvision's ``Flowers102`` does (labels 1-based in the file, 0-based here; train + val for training,
+    test for testing) but without its checksum of the .mat files, so re-saved copies load too."""
+    from scipy.io import loadmat
+
+    base = root / "flowers-102"
+    if not (base / "jpg").is_dir() or not (base / "setid.mat").is_file() or not (base / "imagelabels.mat").is_file():
+        raise _missing("flowers102", root)
+    try:
+        labels = [int(v) - 1 for v in loadmat(str(base / "imagelabels.mat"))["labels"][0]]
+        setid = loadmat(str(base / "setid.mat"))
+        ids = {k: [int(v) for v in setid[k][0]] for k in ("trnid", "valid", "tstid")}
+    except (KeyError, ValueError, OSError) as exc:
+        raise UserError(f"{base}: imagelabels.mat / setid.mat are not Flowers-102's ({exc}); "
+                        f"expected {LAYOUTS['flowers102']}") from None
+
+    def split(image_ids: list[int]) -> tuple[list[Path], list[int]]:
+        return [base / "jpg" / f"image_{i:05d}.jpg" for i in image_ids], [labels[i - 1] for i in image_ids]
+
+    train_files, train_labels = split(ids["trnid"] + ids["valid"])
+    test_files, test_labels = split(ids["tstid"])
+    classes = list(FLOWERS102)  # 0-based labels in imagelabels.mat order: "lotus" is 77, "toad lily" 78
+    return (ImageCollection(train_files, train_labels, classes, str(root)),
+            ImageCollection(test_files, test_labels, classes, str(root)))
 
 
 def load_task(cfg: TaskConfig) -> Task:

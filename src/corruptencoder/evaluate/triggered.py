@@ -27,10 +27,14 @@ def resize_trigger(trigger: np.ndarray, size: tuple[int, int] | None) -> np.ndar
 
 @dataclass
 class TriggerPaste:
+    """Paste the trigger; with ``jpeg_quality`` the triggered image is then saved and read back as JPEG, as
+    the authors' test-set script does (it writes the triggered images under their .JPEG names: quality 75)."""
+
     trigger: np.ndarray  # (h, w, 3) uint8
     seed: int = 0
     lo: float = 0.25
     hi: float = 0.75
+    jpeg_quality: int | None = None
 
     def __post_init__(self) -> None:
         self._t = torch.from_numpy(np.array(self.trigger, dtype=np.uint8)).permute(2, 0, 1).contiguous()
@@ -49,4 +53,18 @@ class TriggerPaste:
         x0, y0, x1, y1 = self.box(index, (w, h))
         out = image.clone()
         out[:, y0:y1, x0:x1] = self._t
+        if self.jpeg_quality:
+            out = jpeg_round_trip(out, self.jpeg_quality)
         return out
+
+
+def jpeg_round_trip(image: torch.Tensor, quality: int) -> torch.Tensor:
+    """uint8 (3, H, W) -> the same image after a JPEG encode (Pillow, 4:2:0) and decode."""
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(buf, format="JPEG", quality=quality)
+    buf.seek(0)
+    with Image.open(buf) as im:
+        arr = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()

@@ -16,7 +16,8 @@ from pydantic import Field, field_validator, model_validator
 
 from corruptencoder.demo import DEMO_COUNTS, DEMO_OBJECT_SCALE, DEMO_TARGET
 from corruptencoder.errors import ConfigError
-from corruptencoder.evaluate.tasks import TaskKind
+from corruptencoder.evaluate.linear_probe import ProbeProtocol
+from corruptencoder.evaluate.tasks import TaskConfig
 from corruptencoder.poison.attacks.corruptencoder import LayoutChoice, ReferenceMode
 from corruptencoder.poison.config import ATTACKS, TargetBase, fraction
 from corruptencoder.utils.config import StrictModel, read_mapping, validate
@@ -47,18 +48,13 @@ class DataSpec(StrictModel):
     max_images: int | None = None
 
 
-class TaskSpec(StrictModel):
+class TaskSpec(TaskConfig):
+    """A downstream task of an experiment: the evaluation's task config, with the demo world's labelled split
+    as the default root and the pre-training image size as the default evaluation size."""
+
     name: str
-    kind: TaskKind = "imagefolder"
     root: str = Field("demo", description="'demo' = the demo world's labelled downstream split")
-    train: str | None = None
-    test: str | None = None
-    classes: str | list[str] | None = None
-    train_fraction: float | None = None
-    train_per_class: int | None = None
-    test_per_class: int | None = None
-    image_size: int | None = Field(None, description="default: the pre-training image size")
-    resize: int | None = None
+    image_size: int | None = Field(None, ge=8, description="default: the pre-training image size")  # type: ignore[assignment]  # None = filled in by the runner
 
 
 class TargetSpec(TargetBase):
@@ -66,11 +62,14 @@ class TargetSpec(TargetBase):
     crafting target of each arm is built from it (:mod:`corruptencoder.experiment.stages`)."""
 
     task: str = Field(description="name of the downstream task this class belongs to")
-    references: list[str] = Field(default_factory=lambda: ["demo"], description="reference objects ('demo')")
-    support: list[str] = Field(default_factory=lambda: ["demo"], description="support reference images ('demo')")
-    saha_references: list[str] = Field(
-        default_factory=lambda: ["demo-test"],
-        description="SSL-Backdoor reference images ('demo-test' = the target class's test images, as the paper)")
+    text: str | None = Field(None, description="the class's name in captions and zero-shot prompts (default: the "
+                             "label's name: an ImageNet wnid by its class name)")
+    references: list[str] | None = Field(None, description="reference objects (on a demo task: 'demo', the default)")
+    support: list[str] | None = Field(None, description="support reference images, for CorruptEncoder+ (on a demo "
+                                      "task: 'demo', the default)")
+    saha_references: list[str] | None = Field(
+        None, description="SSL-Backdoor reference images (on a demo task: 'demo-test' = the target class's test "
+        "images, as the paper)")
 
 
 def _known(registry_names: list[str], value: str, what: str) -> str:
@@ -166,8 +165,12 @@ class EvalSpec(StrictModel):
     checkpoints_every: int = Field(0, ge=0, description="also score encoder snapshots every k epochs (0 = final only)")
     zero_shot: bool = Field(True, description="CLIP arms: also score zero-shot classification with the text tower")
     prompts: str = "imagenet80"
-    probe_epochs: int = 100
+    probe: ProbeProtocol = Field("fast", description="linear probe: fast (cached centre-crop features, the small "
+                                 "presets) | authors (the authors' eval_linear.py: augmented features every epoch)")
+    probe_epochs: int | None = Field(None, ge=1, description="default: 100 (fast) or 40 (authors)")
     location: tuple[float, float] = (0.25, 0.75)
+    trigger_jpeg_quality: int | None = Field(None, ge=1, le=100, description="save and reload each triggered test "
+                                             "image as JPEG at this quality (the authors' test set: 75)")
     max_object_crops: int = 200
 
 

@@ -72,6 +72,48 @@ def defence_table(aggs: Sequence[dict[str, Any]]) -> list[str]:
                    "s per encoder"], body)
 
 
+def detection_table(aggs: Sequence[dict[str, Any]]) -> list[str]:
+    """Detection defences beside Table 4. Data defences (PatchSearch): precision / recall of the removed files and
+    AUROC of the poison score (from the manifest), the ASR before (the same arm undefended, where the config has
+    it) and after re-training on what was kept, BA after. Encoder inspections (DECREE): PL1 of the attacked and of
+    the clean encoder, and how often each was called backdoored at the threshold (over trials)."""
+    rows = [a for a in aggs if a["epoch"] == "final" and a["sweep"] is None]
+    undefended = {(a["attack"], a["method"], a["target"]): a for a in rows if a["defence"] == "none"}
+
+    def secs(a: dict[str, Any]) -> str:
+        return _fmt(a.get("defence_seconds"), None, 0)
+
+    data, inspected = [], []
+    for a in rows:
+        label = a.get("defence_label") or a["defence"]
+        if any(a.get(f"detect_{k}") is not None for k in ("precision", "recall", "auroc")):
+            before = undefended.get((a["attack"], a["method"], a["target"]))
+            asr_before = _fmt(before["asr"], before["asr_std"]) if before else "–"
+            data.append([label, a["method"], a["attack"], a["target"],
+                         _fmt(a.get("detect_precision"), a.get("detect_precision_std")),
+                         _fmt(a.get("detect_recall"), a.get("detect_recall_std")),
+                         _fmt(a.get("detect_auroc"), a.get("detect_auroc_std"), 3),
+                         f"{asr_before} -> {_fmt(a['asr'], a['asr_std'])}",
+                         _fmt(a["ba"], a["ba_std"]), _fmt(a["ca"], a["ca_std"]), secs(a)])
+        if a.get("decree_pl1") is not None:
+            clean = a.get("decree_detected_clean")
+            inspected.append([label, a["method"], a["attack"], a["target"],
+                              _fmt(a["decree_pl1"], a.get("decree_pl1_std"), 3),
+                              _fmt(a.get("decree_pl1_clean"), a.get("decree_pl1_clean_std"), 3),
+                              _fmt(a.get("decree_threshold"), None, 2),
+                              _fmt(100 * a["decree_detected"] if a.get("decree_detected") is not None else None),
+                              _fmt(100 * clean if clean is not None else None),
+                              _fmt(a["asr"], a["asr_std"]), secs(a)])
+    lines: list[str] = []
+    if data:
+        lines += _table(["defence", "method", "attack", "target", "precision %", "recall %", "AUROC",
+                         "ASR before -> after", "BA after", "CA after", "s (defence)"], data) + [""]
+    if inspected:
+        lines += _table(["defence", "method", "attack", "target", "PL1 attacked", "PL1 clean", "threshold",
+                         "attacked flagged %", "clean flagged %", "ASR", "s (defence)"], inspected) + [""]
+    return lines[:-1] if lines else []
+
+
 def zero_shot_table(aggs: Sequence[dict[str, Any]]) -> list[str]:
     """CLIP arms scored with the text tower and the prompts instead of a probe (beyond the paper)."""
     rows = [a for a in aggs if a["epoch"] == "final" and a["sweep"] is None and a.get("zs_ca") is not None]
@@ -132,6 +174,17 @@ def write_report(run_dir: Path, result: dict[str, Any]) -> Path:
         lines += ["## Defences (Table 4's shape)", "",
                   "Accuracy and ASR of each attack under each defence; the last column is the mean wall time "
                   "per encoder (for CompRess, the distillation alone, on its clean subset).", ""] + dt + [""]
+    det = detection_table(aggs)
+    if det:
+        lines += ["## Detection defences", "",
+                  "Data defences (PatchSearch) find and remove suspected poisons before pre-training again: precision "
+                  "and recall of the removed files and AUROC of the poison score, against the manifest (the defence "
+                  "never sees it); ASR before (the undefended arm of the same attack, where the config has one) and "
+                  "after re-training on the kept files, BA and CA after. Encoder inspections (DECREE) leave the "
+                  "encoder as it is: PL1 is the share of the image the smallest inverted trigger covers, for the "
+                  "attacked encoder and for its clean twin; 'flagged' is how often (over trials) PL1 fell below the "
+                  "threshold (attacked: the detection rate; clean: false alarms). The last column is the defence's "
+                  "own wall time per encoder (s).", ""] + det + [""]
     zs = zero_shot_table(aggs)
     if zs:
         lines += ["## Zero-shot (CLIP text tower, the same prompts)", ""] + zs + [""]
@@ -177,9 +230,36 @@ def rebuild_report(run_dir: str | Path) -> Path:
         raise UserError(f"{run_dir}: no results.json; is this a folder written by 'corruptencoder run'?")
     from corruptencoder.experiment.results import target_checks
 
-    result = json.loads(res.read_text(encoding="utf-8"))
-    result["checks"] = target_checks(result["aggregates"])  # the current definition of the targets
-    return write_report(run_dir, result)
+    result = read_results(res)
+    try:
+        result["checks"] = target_checks(result["aggregates"])  # the current definition of the targets
+        return write_report(run_dir, result)
+    except (KeyError, TypeError) as exc:  # a results.json edited by hand or written by another version
+        raise UserError(f"{res}: an entry lacks {exc} or has the wrong type; re-run 'corruptencoder run' with the same "
+                        "config to write it again (finished stages come from the cache)") from None
+
+
+#: what every aggregate row needs for the tables (written by experiment/results.py)
+_AGGREGATE_KEYS = ("arm", "target", "epoch", "sweep", "attack", "method", "defence")
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    """results.json, checked enough to build a report from it; a truncated or foreign file is one line."""
+    again = "re-run 'corruptencoder run' with the same config to write it again (finished stages come from the cache)"
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{path}: not valid JSON (truncated or damaged?); {again}") from None
+    if not isinstance(result, dict) or not isinstance(result.get("aggregates"), list) or \
+            not isinstance(result.get("rows"), list):
+        raise UserError(f"{path}: not a results.json of 'corruptencoder run' (no 'aggregates' and 'rows' lists); "
+                        f"{again}")
+    for i, a in enumerate(result["aggregates"]):
+        missing = [k for k in _AGGREGATE_KEYS if not isinstance(a, dict) or k not in a]
+        if missing:
+            raise UserError(f"{path}: aggregates[{i}] lacks {', '.join(missing)}; {again}")
+    result.setdefault("experiment", path.parent.name)
+    return result
 
 
 #: Where the backdoor was measured to form, for the demo's closing message (benchmarks/scale_sweep.py).

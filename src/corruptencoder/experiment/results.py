@@ -22,7 +22,8 @@ from corruptencoder.utils.outputs import write_json_atomic
 METRICS = ("ca", "ba", "asr", "no_attack_asr", "reference_accuracy", "reference_accuracy_clean",
            "object_crop_accuracy", "pull_triggered", "pull_clean", "pull_delta", "pull_delta_clean",
            "clean_target_rate", "top_triggered_share", "zs_ca", "zs_ba", "zs_asr", "zs_no_attack_asr",
-           "detect_precision", "detect_recall", "detect_auroc")
+           "detect_precision", "detect_recall", "detect_auroc", "decree_pl1", "decree_pl1_clean", "decree_detected",
+           "decree_detected_clean", "defence_seconds")
 KEYS = ("arm", "attack", "method", "defence", "sweep", "sweep_value", "target", "task", "epoch")
 
 
@@ -59,6 +60,7 @@ def collect_rows(cfg: ExperimentConfig, arm: ArmSpec, seed: int, task: str, epoc
         for k in ("precision", "recall", "auroc"):
             if det.get(k) is not None:
                 rows[-1][f"detect_{k}"] = det[k]
+        rows[-1].update(inspection_fields(meta.get("defence") or {}))
         zs = res.get("zero_shot")
         if zs:
             zt, zc = zs["encoder"]["targets"][i], zs["clean_encoder"]["targets"][i]
@@ -66,6 +68,22 @@ def collect_rows(cfg: ExperimentConfig, arm: ArmSpec, seed: int, task: str, epoc
                              "zs_ba": zs["encoder"]["accuracy"] if arm.attack != "none" else None,
                              "zs_asr": zt["asr"], "zs_no_attack_asr": zc["asr"]})
     return rows
+
+
+def inspection_fields(defence: dict[str, Any]) -> dict[str, Any]:
+    """An encoder inspection's verdict (DECREE: PL1 norm, backdoored or not) on the attacked encoder and on its
+    clean twin, and the defence's own time, as row fields."""
+    out: dict[str, Any] = {}
+    for suffix, rep in (("", defence.get("report") or {}), ("_clean", defence.get("clean_report") or {})):
+        if _num(rep.get("pl1")) is not None:
+            out[f"decree_pl1{suffix}"] = rep["pl1"]
+            out[f"decree_detected{suffix}"] = 1.0 if rep.get("backdoored") else 0.0
+            out[f"decree_verdict{suffix}"] = rep.get("verdict")
+            out["decree_threshold"] = rep.get("threshold")
+    secs = _num((defence.get("report") or {}).get("seconds"))
+    if secs is not None:
+        out["defence_seconds"] = secs
+    return out
 
 
 def _num(v: Any) -> float | None:
@@ -94,7 +112,7 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         for k in ("num_poisons", "poison_ratio", "pretrain_seconds", "epochs_trained"):
             vals = [v for v in (_num(r.get(k)) for r in rs) if v is not None]
             agg[k] = round(float(np.mean(vals)), 4) if vals else None
-        for k in ("defence_label", "defence_knob"):  # the same for every trial of an arm
+        for k in ("defence_label", "defence_knob", "decree_threshold"):  # the same for every trial of an arm
             agg[k] = rs[0].get(k)
         top = [r.get("top_triggered_class") for r in rs if r.get("top_triggered_class")]
         agg["top_triggered_class"] = max(set(top), key=top.count) if top else None
@@ -155,7 +173,9 @@ CSV_COLUMNS = ("experiment", "arm", "attack", "method", "defence", "sweep", "swe
                "object_crop_accuracy", "pull_triggered", "pull_clean", "pull_delta", "pull_delta_clean",
                "clean_target_rate", "top_triggered_class", "top_triggered_share", "n_test", "n_triggered",
                "num_poisons", "poison_ratio", "pretrain_seconds", "epochs_trained", "zs_ca", "zs_ba", "zs_asr",
-               "zs_no_attack_asr", "defence_label", "detect_precision", "detect_recall", "detect_auroc", "trials")
+               "zs_no_attack_asr", "defence_label", "detect_precision", "detect_recall", "detect_auroc", "decree_pl1",
+               "decree_pl1_clean", "decree_verdict", "decree_detected", "decree_detected_clean", "defence_seconds",
+               "trials")
 
 
 def write_results(run_dir: Path, cfg: ExperimentConfig, arms: Sequence[ArmSpec], rows: list[dict[str, Any]],

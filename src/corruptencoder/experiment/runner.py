@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from corruptencoder import __version__
-from corruptencoder.errors import UserError
+from corruptencoder.demo import DEMO_TARGET
+from corruptencoder.errors import Interrupted, UserError
 from corruptencoder.experiment import stages
 from corruptencoder.experiment.config import ArmSpec, ExperimentConfig, TargetSpec
 from corruptencoder.utils.outputs import write_json_atomic
@@ -61,6 +62,7 @@ class Runner:
         self.log = StageLog(self.dir / "stages.jsonl")
         self.arms = select_arms(cfg.expanded_arms(), only)
         self._world: Path | None = None
+        self.generate = True  # False while planning: paths are computed, nothing is generated
         self._n_clean: int | None = None
 
     # -- paths -------------------------------------------------------------------------------
@@ -74,16 +76,19 @@ class Runner:
                                      n_pretrain=w.n_pretrain,
                                      n_train_per_class=w.n_train_per_class, n_test_per_class=w.n_test_per_class,
                                      n_references=w.n_references, n_support=w.n_support,
-                                     n_backgrounds=w.n_backgrounds)
+                                     n_backgrounds=w.n_backgrounds, generate=self.generate)
         return self._world
 
     def resolve(self, value: str, kind: str, target: TargetSpec | None = None) -> str:
         if value == "demo" and kind in ("references", "support") and target is not None:
             label = target.label or target.name
-            if not (self.world / kind / label).is_dir():  # another class than the world's own target
+            own = (self.world / kind / label).is_dir() if self.generate else label == DEMO_TARGET
+            if not own:  # another class than the world's own target: its assets are rendered on demand
                 from corruptencoder.demo import demo_class_assets
 
-                return str(demo_class_assets(self.world, label) / kind / label)
+                folder = (demo_class_assets(self.world, label) if self.generate
+                          else self.world.parent / f"{self.world.name}-classes" / label)
+                return str(folder / kind / label)
             return str(self.world / kind / label)
         if value == "demo":
             sub = {"clean": "pretrain", "backgrounds": "backgrounds", "task": "downstream",
@@ -175,18 +180,23 @@ class Runner:
         body["data"]["poisons"] = [Path(p).name for p in body["data"]["poisons"]]  # the craft hash
         return digest({"pretrain": body, "v": __version__})
 
+    def pretrain_setting(self, arm: ArmSpec, seed: int, poisons: Path | None,
+                         clean_list: Path | None = None) -> tuple[Any, str, Path]:
+        """(pre-training config, cache key, output folder) of an arm's encoder."""
+        cfg = self.pretrain_config(arm, seed, poisons, self.init_encoder(arm, seed))
+        if clean_list is not None:
+            cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={
+                "clean": str(clean_list), "classes": None, "max_images": None, "poisons": []})})
+        key = self.pretrain_key(cfg)
+        return cfg, key, self.cache / "encoders" / key
+
     def pretrain(self, arm: ArmSpec, seed: int, poisons: Path | None, role: str,
                  clean_list: Path | None = None) -> Path:
         """Pre-train (or find in the cache) the encoder of ``arm``; ``clean_list`` replaces the clean data
         (and the poisons) by a file list, for data defences."""
         from corruptencoder.ssl.train import pretrain
 
-        cfg = self.pretrain_config(arm, seed, poisons, self.init_encoder(arm, seed))
-        if clean_list is not None:
-            cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={
-                "clean": str(clean_list), "classes": None, "max_images": None, "poisons": []})})
-        key = self.pretrain_key(cfg)
-        out = self.cache / "encoders" / key
+        cfg, key, out = self.pretrain_setting(arm, seed, poisons, clean_list)
         if (out / "encoder.pt").is_file():
             self.log.add("pretrain", key, "cached", 0.0, f"{role} seed {seed}")
             return out
@@ -194,11 +204,21 @@ class Runner:
                  f"{', ' + cfg.views.crop + ' crops' if cfg.views.crop != 'random' else ''})")
         t0 = time.perf_counter()
         resume = (out / "config.yaml").is_file()
-        pretrain(cfg, out, resume=resume, overwrite=not resume, progress=self.progress)
+        try:
+            pretrain(cfg, out, resume=resume, overwrite=not resume, progress=self.progress)
+        except Interrupted as exc:  # where its checkpoint is; run_experiment adds how to resume
+            raise Interrupted(exc.signum, f"pre-training {role} (seed {seed}) stopped: "
+                              + exc.note.partition(";")[0]) from None
         self.log.add("pretrain", key, "ran", time.perf_counter() - t0, f"{role} seed {seed}")
         return out
 
     # -- defences ----------------------------------------------------------------------------
+    @staticmethod
+    def defence_key(defence: Any, base: Path, seed: int) -> str:
+        """A defence's cache key: its name and options, the encoder it acts on, the seed."""
+        return digest({"defence": defence.name, "options": defence.opts.model_dump(mode="json"),
+                       "encoder": base.name, "seed": seed, "v": __version__})
+
     def defended(self, arm: ArmSpec, seed: int, poisons: Path | None, role: str) -> tuple[Path, dict[str, Any]]:
         """The arm's encoder folder after its defence, and the defence's report. View defences are part of
         the pre-training config; data and encoder defences run on the undefended arm's encoder."""
@@ -210,8 +230,7 @@ class Runner:
         plain = arm.model_copy(update={"defence": "none", "defence_args": {}})
         base = self.pretrain(plain, seed, poisons, f"{role} (undefended)")
         body = self.pretrain_config(plain, seed, None if defence.kind == "encoder" else poisons).model_dump(mode="json")
-        key = digest({"defence": defence.name, "options": defence.opts.model_dump(mode="json"),
-                      "encoder": base.name, "seed": seed, "v": __version__})
+        key = self.defence_key(defence, base, seed)
         out = self.cache / "defences" / key
         report_file = out / "defence.json"
         ctx = DefenceContext(out=out / "work", seed=seed, preset=self.cfg.preset, pretrain=body,
@@ -255,6 +274,7 @@ class Runner:
     # -- evaluation --------------------------------------------------------------------------
     def task_config(self, name: str, image_size: int) -> Any:
         from corruptencoder.evaluate.tasks import TaskConfig
+        from corruptencoder.utils.config import validate
 
         spec = next(t for t in self.cfg.tasks if t.name == name)
         body = spec.model_dump()
@@ -263,7 +283,7 @@ class Runner:
         body["image_size"] = spec.image_size or image_size
         if demo and spec.resize is None:
             body["resize"] = body["image_size"]  # the demo images are the whole scene: no centre crop
-        return TaskConfig.model_validate(body)
+        return validate(TaskConfig, body, f"task {name}")
 
     def eval_targets(self, arm: ArmSpec, poisons: Path | None, task: str) -> list[Any]:
         from corruptencoder.evaluate.run import EvalTarget, targets_from_poisons
@@ -283,11 +303,12 @@ class Runner:
                 continue
             seed = t.trigger_seed if t.trigger_seed is not None else default_trigger_seed(t.name)
             trig = make_trigger(TriggerSpec(arm.trigger_type or t.trigger, (arm.trigger_size, arm.trigger_size), seed))
-            refs = [self.resolve(r, "references", t) for r in t.references]
+            refs = [self.resolve(r, "references", t)
+                    for r in stages.target_inputs(self.cfg, t, "references", required=False)]
             from corruptencoder.poison.objects import discover_references
 
             out.append(EvalTarget(t.name, t.label or t.name, trig, f"{t.trigger}:{seed}",
-                                  [s.path for s in discover_references(refs)]))
+                                  ([s.path for s in discover_references(refs)] if refs else [])))
         return out
 
     def evaluate(self, arm: ArmSpec, seed: int, encoder: Path, clean: Path, poisons: Path | None,
@@ -304,14 +325,17 @@ class Runner:
         key = digest({"enc": file_digest(encoder), "clean": file_digest(clean), "task": tcfg.model_dump(mode="json"),
                       "targets": [(t.name, t.class_name, hashlib.sha256(t.trigger.tobytes()).hexdigest(),
                                    sorted(t.references), sorted(t.support), len(t.object_crops)) for t in targets],
-                      "probe": e.probe_epochs, "loc": list(e.location), "ets": ets, "seed": seed, "v": __version__})
+                      "probe": [e.probe, e.probe_epochs], "loc": list(e.location), "ets": ets, "seed": seed,
+                      "jpeg": e.trigger_jpeg_quality,
+                      "v": __version__})
         path = self.cache / "metrics" / f"{key}.json"
         what = f"{arm.name} seed {seed} {task_name} epoch {epoch if epoch is not None else 'final'}"
         if path.is_file():
             self.log.add("evaluate", key, "cached", 0.0, what)
             return json.loads(path.read_text())
         t0 = time.perf_counter()
-        settings = EvalSettings(probe=ProbeConfig(epochs=e.probe_epochs, seed=seed), seed=seed, location=e.location,
+        settings = EvalSettings(probe=ProbeConfig.for_protocol(e.probe, seed, e.probe_epochs), seed=seed,
+                                location=e.location, trigger_jpeg_quality=e.trigger_jpeg_quality,
                                 trigger_size=ets, device=self.device, cache_dir=str(self.cache / "features"))
         task = load_task(tcfg)
         res = evaluate(encoder, task, targets, clean_encoder=clean, settings=settings)
@@ -347,7 +371,6 @@ class Runner:
 
     def run_arm(self, arm: ArmSpec, seed: int) -> list[dict[str, Any]]:
         from corruptencoder.defend.base import make_defence
-        from corruptencoder.experiment.results import collect_rows
 
         poisons = self.craft(arm, seed)
         enc_dir, report = self.defended(arm, seed, poisons, arm.name)
@@ -367,8 +390,14 @@ class Runner:
             checkpoints = self.checkpoints(enc_dir, clean_dir)
             for epoch, enc, clean in checkpoints:
                 res = self.evaluate(arm, seed, enc, clean, poisons, task, image_size, epoch)
-                rows += collect_rows(self.cfg, arm, seed, task, epoch, res, meta, self.sweep(arm), poisons)
+                rows += self.collect(arm, seed, task, epoch, res, meta, poisons)
         return rows
+
+    def collect(self, arm: ArmSpec, seed: int, task: str, epoch: int | None, res: dict[str, Any],
+                meta: dict[str, Any], poisons: Path | None) -> list[dict[str, Any]]:
+        from corruptencoder.experiment.results import collect_rows
+
+        return collect_rows(self.cfg, arm, seed, task, epoch, res, meta, self.sweep(arm), poisons)
 
     def sweep(self, arm: ArmSpec) -> tuple[str, Any] | None:
         return self.cfg.sweep_of(arm.name)
@@ -388,37 +417,14 @@ class Runner:
 
 
 def detection_metrics(scores: dict[str, float], keep_file: Path, poisons: Path | None) -> dict[str, Any]:
-    """How well a data defence found the poisons, from the manifest (which the defence never saw):
-    precision and recall of the files it removed, and the AUROC of its poison score."""
+    """A data defence's precision / recall / AUROC against the poison folder's manifest."""
+    from corruptencoder.evaluate.metrics import detection_metrics as metrics
     from corruptencoder.poison.manifest import poison_files
 
     if poisons is None:
         return {"poisons": 0}
-    truth = {str(p.resolve()) for p in poison_files(poisons)}
-    kept = {str(Path(f).resolve()) for f in keep_file.read_text(encoding="utf-8").splitlines() if f}
-    files = {str(Path(f).resolve()): v for f, v in scores.items()}
-    removed = set(files) - kept
-    hit = len(removed & truth)
-    pos = [v for f, v in files.items() if f in truth]
-    neg = [v for f, v in files.items() if f not in truth]
-    return {"poisons": len(truth), "removed": len(removed), "removed_poisons": hit,
-            "precision": round(100.0 * hit / len(removed), 2) if removed else None,
-            "recall": round(100.0 * hit / len(truth), 2) if truth else None,
-            "auroc": round(_auroc(pos, neg), 4) if pos and neg else None}
-
-
-def _auroc(pos: list[float], neg: list[float]) -> float:
-    """P(score of a random poison > score of a random clean file), ties counted half (Mann-Whitney)."""
-    import numpy as np
-
-    values = np.concatenate([np.asarray(pos, float), np.asarray(neg, float)])
-    order = values.argsort(kind="mergesort")
-    ranks = np.empty(len(values))
-    ranks[order] = np.arange(1, len(values) + 1)
-    for v in np.unique(values):  # average ranks of ties
-        idx = values == v
-        ranks[idx] = ranks[idx].mean()
-    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+    kept = [f for f in keep_file.read_text(encoding="utf-8").splitlines() if f]
+    return metrics(scores, kept, [str(p) for p in poison_files(poisons)])
 
 
 def _sha256(path: Path) -> str:
@@ -456,6 +462,18 @@ def demo_config(overrides: Sequence[str] = ()) -> ExperimentConfig:
 
 
 def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, **kw: Any) -> dict[str, Any]:
+    """Run (or resume) an experiment. Stopped by SIGINT / SIGTERM, it raises :class:`Interrupted` saying what
+    was kept: running the same command again resumes (finished stages from the cache, a half-trained encoder
+    from its last checkpoint)."""
     if not cfg.arms and not cfg.sweeps:
         raise UserError("the experiment has no arms")
-    return Runner(cfg, run_dir, **kw).run()
+    from corruptencoder.evaluate.run import EvalSettings
+
+    # the device and the trigger location are checked now, not after hours of pre-training
+    lo, hi = cfg.evaluation.location
+    EvalSettings(location=(lo, hi), device=str(kw.get("device", "auto")))
+    try:
+        return Runner(cfg, run_dir, **kw).run()
+    except Interrupted as exc:
+        raise Interrupted(exc.signum, (exc.note + "; " if exc.note else "nothing half-written was left behind; ")
+                          + "run the same command again to resume (finished stages come from the cache)") from None

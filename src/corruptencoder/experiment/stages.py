@@ -26,6 +26,30 @@ def placeholder(value: str, kind: str, target: TargetSpec | None = None) -> str:
     return value
 
 
+#: what a target's input list means when it is not given, on a task of the demo world
+DEMO_INPUTS = {"references": ["demo"], "support": ["demo"], "saha_references": ["demo-test"]}
+
+
+def target_inputs(cfg: ExperimentConfig, target: TargetSpec, field: str, attack: str = "",
+                  required: bool = True) -> list[str]:
+    """A target's references / support / saha_references: as given, or the demo world's on a demo task;
+    on real data a missing list is an error naming the target (it would otherwise fail mid-run), or
+    empty when not ``required`` (e.g. scoring a no-attack arm)."""
+    value = getattr(target, field)
+    if value is not None:
+        return list(value)
+    task = next((t for t in cfg.tasks if t.name == target.task), None)
+    if task is not None and task.root == "demo":
+        return DEMO_INPUTS[field]
+    if not required:
+        return []
+    from corruptencoder.errors import ConfigError
+
+    who = f"the {attack} attack" if attack else "the arm's attack"
+    raise ConfigError(f"target {target.name}: {who} needs '{field}' (a folder, files or a "
+                      f"file list); only targets of the demo world have a default")
+
+
 def arm_targets(cfg: ExperimentConfig, arm: ArmSpec) -> list[TargetSpec]:
     names = arm.targets or [t.name for t in cfg.targets]
     return [t for t in cfg.targets if t.name in names]
@@ -61,7 +85,7 @@ def craft_config(cfg: ExperimentConfig, arm: ArmSpec, seed: int, resolve: Resolv
     options.update(arm.attack_args)
     targets = []
     for t in arm_targets(cfg, arm):
-        refs = [resolve(r, "references", t) for r in getattr(t, attack.reference_source)]
+        refs = [resolve(r, "references", t) for r in target_inputs(cfg, t, attack.reference_source, arm.attack)]
         if arm.n_references and list_files:
             from corruptencoder.poison.objects import discover_references
 
@@ -71,10 +95,12 @@ def craft_config(cfg: ExperimentConfig, arm: ArmSpec, seed: int, resolve: Resolv
             "num": num_poisons(arm, n_clean), "references": refs, "trigger": arm.trigger_type or t.trigger,
             "trigger_size": arm.trigger_size, "trigger_seed": t.trigger_seed, **options,
         }
+        if t.text and "class_text" in attack.options.model_fields and "class_text" not in arm.attack_args:
+            spec["class_text"] = t.text
         if "backgrounds" in attack.needs:
             spec["backgrounds"] = [resolve(b, "backgrounds", None) for b in cfg.backgrounds]
         if "support" in attack.needs:
-            support = [resolve(s, "support", t) for s in t.support]
+            support = [resolve(s, "support", t) for s in target_inputs(cfg, t, "support", arm.attack)]
             if arm.n_support and list_files:
                 from corruptencoder.utils.files import list_images
 

@@ -34,6 +34,8 @@ ATTACKS: Registry[type[ImageAttack[Any]]] = Registry("attack", "corruptencoder.p
 _NEEDS = {"references": "at least one folder or file of reference images/objects",
           "backgrounds": "background images", "support": "support reference images"}
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+#: the widest feathering of an object's mask, in px (wider blurs a poison's object into its background)
+MAX_SOFT_EDGE = 50.0
 
 
 def fraction(name: str, v: float) -> float:
@@ -149,6 +151,22 @@ class CraftConfig(StrictModel):
     max_size: int | None = Field(800, description="cap on a poison's longer side (the authors' script: 800)")
     soft_edge: float = Field(1.0, ge=0.0, description="Gaussian radius (px) feathering the object matte; 0 = hard")
     targets: list[TargetSpec] = Field(min_length=1)
+
+    @field_validator("soft_edge")
+    @classmethod
+    def _soft_edge(cls, v: float) -> float:
+        if not v <= MAX_SOFT_EDGE:  # also refuses nan
+            raise ValueError(f"{v:g} px would blur the object away; use at most {MAX_SOFT_EDGE:g} "
+                             "(the authors' script uses 1; 0 = a hard edge)")
+        return v
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, v: int) -> int:
+        if v > 1024:
+            raise ValueError(f"{v} processes are far more than any machine has cores; use e.g. the number "
+                             "of cores (the output is the same for any number)")
+        return v
 
     @field_validator("max_size")
     @classmethod

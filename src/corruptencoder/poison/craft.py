@@ -3,16 +3,23 @@
 The output is a function of the config and seed only: all random values are drawn in the parent
 (one independent stream per target, from ``SeedSequence(seed).spawn``) before any worker starts,
 and workers render jobs as pure functions, so 1 and N workers write identical bytes.
+
+Interruptions leave nothing behind: on an exception or a signal (SIGINT / SIGTERM through the CLI's
+handler) the workers are stopped before the temp folder is removed, workers die with their parent
+even when it is killed with SIGKILL (``utils/signals.py``), and the temp folder of a killed run is
+removed by the next run into the same parent folder (``utils/outputs.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
-import sys
+import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import InvalidStateError, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,12 +28,20 @@ import numpy as np
 from PIL import Image
 
 from corruptencoder import __version__
+from corruptencoder.errors import UserError
 from corruptencoder.poison.base import ImageAttack, Job, RenderResult, save_image
 from corruptencoder.poison.config import ATTACKS, CraftConfig, TargetSpec
 from corruptencoder.poison.manifest import IMAGES, SUMMARY, trigger_file, write_manifest, write_pairs
 from corruptencoder.utils.outputs import atomic_output_dir, check_output_dir, write_json_atomic
+from corruptencoder.utils.progress import progress_bar
+from corruptencoder.utils.signals import die_with_parent, signals_deferred
 
 log = logging.getLogger(__name__)
+
+#: What planning and recording one poison holds in memory (its job and manifest record, measured at
+#: about 2-3 KB; rounded up) and the least one poison file takes on disk (a filesystem block).
+PLAN_BYTES_PER_POISON = 4096
+MIN_FILE_BYTES = 4096
 
 def make_attack(target: TargetSpec, run: CraftConfig) -> ImageAttack[Any]:
     """The registered attack of ``target`` (``poison/attacks/<name>.py``), bound to it."""
@@ -61,7 +76,9 @@ def plan_jobs(attacks: Sequence[ImageAttack[Any]], seed: int, ext: str) -> list[
 _STATE: dict[str, Any] = {}
 
 
-def _init_worker(attacks: Sequence[ImageAttack[Any]], out: Path, run: CraftConfig) -> None:
+def _init_worker(attacks: Sequence[ImageAttack[Any]], out: Path, run: CraftConfig, parent: int | None = None) -> None:
+    if parent is not None:  # a pool worker: never outlive the parent, leave Ctrl-C to it
+        die_with_parent(parent)
     _STATE.update(attacks=attacks, out=out, run=run)
 
 
@@ -73,13 +90,58 @@ def _render(job: Job) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     return result.record, result.skipped
 
 
+def max_workers() -> int:
+    """More processes than this only add memory and start-up time (the output never depends on it)."""
+    return max(1, 4 * (os.cpu_count() or 1))
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Stop the pool's processes now (SIGTERM, then SIGKILL), before their temp folder is removed: a
+    worker still rendering would otherwise write into it again after the removal."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())  # the executor's own, by pid
+    manager = getattr(pool, "_executor_manager_thread", None)
+    with signals_deferred(), _quiet_broken_pool(manager):
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + 5.0
+        for proc in procs:
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+                proc.join(1.0)
+        if manager is not None:
+            manager.join(max(1.0, deadline - time.monotonic()))
+        queue = getattr(pool, "_call_queue", None)  # jobs no worker will read: never wait for them at exit
+        if queue is not None:
+            with contextlib.suppress(Exception):
+                queue.cancel_join_thread()
+
+
+@contextlib.contextmanager
+def _quiet_broken_pool(manager: threading.Thread | None) -> Iterator[None]:
+    """Python 3.11's executor thread, finding its workers gone, sets an exception on the futures that map()
+    already cancelled and dies printing InvalidStateError (fixed in later Pythons); that thread's death is
+    the intended end here, so its traceback is not shown."""
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if args.thread is manager and args.exc_type is InvalidStateError:
+            return
+        previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
+
+
 def _run_jobs(jobs: list[Job], attacks: Sequence[ImageAttack[Any]], out: Path, run: CraftConfig,
               progress: bool) -> Iterator[tuple[dict[str, Any], list[tuple[str, str]]]]:
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(jobs), desc="crafting", unit="img", disable=not progress, file=sys.stderr,
-               dynamic_ncols=True)
-    workers = min(run.workers, len(jobs))
+    bar = progress_bar(total=len(jobs), desc="crafting", unit="img", enabled=progress)
+    workers = min(run.workers, len(jobs), max_workers())
     try:
         if workers <= 1:
             _init_worker(attacks, out, run)
@@ -90,17 +152,80 @@ def _run_jobs(jobs: list[Job], attacks: Sequence[ImageAttack[Any]], out: Path, r
             ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
             chunk = max(1, min(16, len(jobs) // (workers * 8)))
             with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                     initargs=(attacks, out, run)) as pool:
+                                     initargs=(attacks, out, run, os.getpid())) as pool:
                 try:
                     for item in pool.map(_render, jobs, chunksize=chunk):
                         yield item
                         bar.update()
                 except BaseException:
-                    pool.shutdown(wait=False, cancel_futures=True)
+                    _stop_workers(pool)
                     raise
     finally:
-        bar.close()
+        bar.close()  # a bar ends its line; a log line is printed only for a finished stage
         _STATE.clear()
+
+
+def _available_memory() -> int | None:
+    """Bytes this process can still allocate: MemAvailable, bounded by a cgroup (container) limit."""
+    avail: int | None = None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        try:
+            avail = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            avail = None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = Path("/sys/fs/cgroup/memory.current").read_text().strip()
+        if limit.isdigit() and used.isdigit():
+            room = int(limit) - int(used)
+            avail = room if avail is None else min(avail, room)
+    except OSError:
+        pass
+    return avail
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1024 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PB"
+
+
+def check_budget(config: CraftConfig, out: Path) -> None:
+    """Refuse, before any reading or planning, a poison count the machine cannot hold: the plan and the
+    manifest records live in memory (about 4 KB per poison) and every poison is a file (at least one
+    filesystem block and one inode)."""
+    n = sum(t.num for t in config.targets)
+    need = n * PLAN_BYTES_PER_POISON
+    avail = _available_memory()
+    flag = "--num" if len(config.targets) == 1 else "the targets' num"
+    if avail is not None and need > avail:
+        most = max(1, avail // PLAN_BYTES_PER_POISON)
+        raise UserError(f"{flag}: {n:,} poisons need about {_size(need)} of memory to plan and record, but "
+                        f"{_size(avail)} is available; craft at most about {most:,} per run (several runs with "
+                        "different --seed and --out)")
+    parent = next((p for p in (out, *out.parents) if p.is_dir()), Path("."))
+    try:
+        st = os.statvfs(parent)
+    except (OSError, AttributeError):
+        return
+    if not st.f_blocks:  # a pseudo filesystem (/proc, /sys): writing there fails with its own message
+        return
+    free = st.f_bavail * st.f_frsize
+    disk_need = n * max(MIN_FILE_BYTES, st.f_frsize)
+    if disk_need > free:
+        raise UserError(f"{flag}: {n:,} poison files need at least {_size(disk_need)} on disk, but {parent} has "
+                        f"{_size(free)} free; free some space, choose another --out or craft fewer poisons")
+    if st.f_files and n > st.f_favail:
+        raise UserError(f"{flag}: {n:,} poison files need as many free inodes, but the filesystem of {parent} "
+                        f"has {st.f_favail:,}; choose another --out or craft fewer poisons")
 
 
 # -- entry point --------------------------------------------------------------------------------
@@ -110,6 +235,7 @@ def craft(config: CraftConfig, out: str | Path, *, overwrite: bool = False, prog
     """Craft every target's poisons into ``out`` (atomically). Raises UserError on bad input."""
     t0 = time.perf_counter()
     out = check_output_dir(out, overwrite)
+    check_budget(config, out)
     attacks = [make_attack(t, config) for t in config.targets]
     for attack in attacks:  # every input is read and validated before any image is written
         attack.prepare()

@@ -64,6 +64,7 @@ class PoisonGeometry:
     object_size: tuple[int, int]  # (w, h) the reference object is resized to
     object_box: Box
     free_box: Box  # rectangle A of the paper: the image minus the object's bounding box
+    margin: int = 0  # px between the object and its image edge (the authors' layout; 0 = flush)
 
     @property
     def area_ratio(self) -> float:
@@ -71,11 +72,13 @@ class PoisonGeometry:
         return box_area(self.object_box) / float(w * h)
 
 
-def poison_geometry(obj_w: int, obj_h: int, alpha: float, layout: Layout, max_size: int | None = 800) -> PoisonGeometry:
+def poison_geometry(obj_w: int, obj_h: int, alpha: float, layout: Layout, max_size: int | None = 800,
+                    margin: float = 0.0) -> PoisonGeometry:
     """Algorithm 2 (RescaleAndCropBackground), sizes only.
 
     wide  (s=1): image height = object height, image width = object width / alpha; the object sits at
-                 the bottom-left or bottom-right.
+                 the bottom-left or bottom-right, ``margin`` (a fraction of the image width, the authors'
+                 script draws it in [0, 0.05)) away from its edge.
     high  (s=0): image width = object width, image height = object height / alpha; the object sits at
                  the bottom.
     The object is scaled down (never up) so the poisoned image's longer side is at most ``max_size``
@@ -93,9 +96,12 @@ def poison_geometry(obj_w: int, obj_h: int, alpha: float, layout: Layout, max_si
     oh = max(1, math.floor(obj_h * scale + _EPS))
     if wide:
         pw, ph = max(ow + 1, round(ow / alpha)), oh
-        ox = 0 if layout == "wide-left" else pw - ow
+        m = min(int(margin * pw), pw - ow - 1) if margin > 0 else 0  # int(U(0, 0.05 p_w)) in the authors' code
+        ox = m if layout == "wide-left" else pw - ow - m
         object_box: Box = (ox, 0, ox + ow, oh)
-        free_box: Box = (ow, 0, pw, ph) if layout == "wide-left" else (0, 0, pw - ow, ph)
+        free_box: Box = (ox + ow, 0, pw, ph) if layout == "wide-left" else (0, 0, ox, ph)
+        if m:
+            return PoisonGeometry(layout, (pw, ph), (ow, oh), object_box, free_box, m)
     else:
         pw, ph = ow, max(oh + 1, round(oh / alpha))
         object_box = (0, ph - oh, ow, ph)
@@ -137,8 +143,16 @@ def place_in_region(region: Box, size: tuple[int, int], ux: float, uy: float, wh
 
 
 def trigger_region(geometry: PoisonGeometry, beta: float) -> Box:
-    """Integer box of the central beta fraction of the free rectangle A."""
-    return integer_inner(central_region(geometry.free_box, beta))
+    """Integer box of the central beta fraction of the free rectangle A. With an object margin (the
+    authors' layout) the horizontal inset is (1 - beta) / 2 of the image width minus the object's,
+    measured from the object's inner edge and from the far edge, as their script does."""
+    if not geometry.margin:
+        return integer_inner(central_region(geometry.free_box, beta))
+    beta = check_fraction("beta", beta)
+    x0, y0, x1, y1 = geometry.free_box
+    mx = (1.0 - beta) / 2.0 * (geometry.image_size[0] - geometry.object_size[0])
+    my = (1.0 - beta) / 2.0 * (y1 - y0)
+    return integer_inner((x0 + mx, y0 + my, x1 - mx, y1 - my))
 
 
 def place_trigger(geometry: PoisonGeometry, trigger_size: tuple[int, int], beta: float, ux: float, uy: float) -> Box:
@@ -146,8 +160,10 @@ def place_trigger(geometry: PoisonGeometry, trigger_size: tuple[int, int], beta:
     return place_in_region(trigger_region(geometry, beta), trigger_size, ux, uy)
 
 
-def background_crop(bg_size: tuple[int, int], out_size: tuple[int, int], ux: float, uy: float) -> tuple[float, Box]:
-    """Algorithm 2 lines 11-15: scale the background up only if too small, then a random crop.
+def background_crop(bg_size: tuple[int, int], out_size: tuple[int, int], ux: float, uy: float,
+                    bottom: bool = False) -> tuple[float, Box]:
+    """Algorithm 2 lines 11-15: scale the background up only if too small, then a random crop
+    (``bottom``: a random horizontal position at the bottom of the background, as the authors' script).
 
     Returns ``(r, crop)``: the scale factor applied to the background (>= 1) and the crop box in the
     scaled background's pixel coordinates. ``crop / r`` is the source box in the original image.
@@ -160,7 +176,7 @@ def background_crop(bg_size: tuple[int, int], out_size: tuple[int, int], ux: flo
     else:
         r, sw, sh = 1.0, bw, bh
     x = pick_index(ux, sw - pw + 1)
-    y = pick_index(uy, sh - ph + 1)
+    y = sh - ph if bottom else pick_index(uy, sh - ph + 1)
     return r, (x, y, x + pw, y + ph)
 
 

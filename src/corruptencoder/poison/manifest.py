@@ -16,6 +16,7 @@ Any PyTorch pipeline can read the poisons as an ImageFolder (``images/``) or a f
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -70,25 +71,58 @@ def read_manifest(folder: str | os.PathLike[str]) -> list[dict[str, Any]]:
             raise UserError(f"{folder}: poison folder does not exist; check the path")
         raise UserError(f"{folder}: no {MANIFEST}; is this a folder written by 'corruptencoder craft'?")
     out = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                raise UserError(f"{path}:{lineno}: not valid JSON; the manifest is damaged, craft again") from None
-            if not isinstance(rec, dict) or "file" not in rec:
-                raise UserError(f"{path}:{lineno}: a manifest record needs a 'file' key")
-            out.append(rec)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file; the manifest is damaged, craft the folder again") from None
+    for lineno, line in enumerate(text.split("\n"), 1):  # not splitlines: captions may hold U+2028
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            raise UserError(f"{path}:{lineno}: not valid JSON; the manifest is damaged, craft again") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("file"), str):
+            raise UserError(f"{path}:{lineno}: a manifest record needs a 'file' key (a path)")
+        _check_record(rec, f"{path}:{lineno}")
+        out.append(rec)
     return out
+
+
+#: the boxes a manifest record may carry, [x0, y0, x1, y1] in the poison's pixels
+BOX_KEYS = ("object_box", "trigger_box", "reference_box", "support_box")
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_record(rec: dict[str, Any], where: str) -> None:
+    """Boxes and sizes are what readers compute with: a damaged one is one line, not a crash later."""
+    for key in BOX_KEYS:
+        box = rec.get(key)
+        if box is not None and not (isinstance(box, list) and len(box) == 4 and all(map(_number, box))
+                                    and box[0] <= box[2] and box[1] <= box[3]):
+            raise UserError(f"{where}: {key} must be [x0, y0, x1, y1] numbers with x0 <= x1 and y0 <= y1, not "
+                            f"{box!r}; the manifest is damaged, craft the folder again")
+    size = rec.get("image_size")
+    if size is not None and not (isinstance(size, list) and len(size) == 2 and all(map(_number, size))
+                                 and min(size) > 0):
+        raise UserError(f"{where}: image_size must be [width, height], not {size!r}; the manifest is damaged, "
+                        "craft the folder again")
 
 
 def read_summary(folder: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(folder) / SUMMARY
     if not path.is_file():
         return {}
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{path}: not valid JSON; the poison folder is damaged, craft it again") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: not a craft summary (a JSON object); craft the folder again")
+    return data
 
 
 def poison_files(folder: str | os.PathLike[str]) -> list[Path]:

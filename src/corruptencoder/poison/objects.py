@@ -20,6 +20,7 @@ import base64
 import binascii
 import io
 import json
+import math
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -111,7 +112,7 @@ def _labelme_image(data: dict[str, Any], json_path: Path) -> tuple[Image.Image, 
     if blob:
         try:
             raw = base64.b64decode(blob, validate=False)
-        except (binascii.Error, ValueError):
+        except (binascii.Error, ValueError, TypeError):
             raise MaskError(f"{json_path}: imageData is not valid base64; re-save the annotation in labelme") from None
         return load_rgb(raw, name=f"{json_path} (embedded imageData)"), "embedded"
     candidates: list[Path] = []
@@ -127,10 +128,24 @@ def _labelme_image(data: dict[str, Any], json_path: Path) -> tuple[Image.Image, 
     )
 
 
+def _points(shape: dict[str, Any], json_path: Path) -> list[tuple[float, float]]:
+    """A shape's points as (x, y) floats, or one line naming the shape."""
+    raw = shape.get("points") or []
+    try:
+        pts = [(float(p[0]), float(p[1])) for p in raw if len(p) == 2]
+        ok = len(pts) == len(raw) and all(math.isfinite(c) for p in pts for c in p)
+    except (TypeError, ValueError, IndexError, KeyError):
+        ok = False
+    if not ok:
+        raise MaskError(f"{json_path}: shape {shape.get('label')!r} has points that are not [x, y] pairs of numbers; "
+                        "re-save the annotation in labelme")
+    return pts
+
+
 def _draw_shape(draw: ImageDraw.ImageDraw, canvas: Image.Image, shape: dict[str, Any], value: int,
                 json_path: Path) -> bool:
     kind = shape.get("shape_type") or "polygon"
-    pts = [tuple(map(float, p)) for p in shape.get("points") or []]
+    pts = _points(shape, json_path)
     if kind == "polygon" and len(pts) >= 3:
         draw.polygon(pts, fill=value, outline=value)
     elif kind == "rectangle" and len(pts) >= 2:
@@ -168,7 +183,13 @@ def load_labelme(json_path: str | os.PathLike[str], labels: LabelOptions = Label
     image, origin = _labelme_image(data, json_path)
     w, h = image.size
     ann_w, ann_h = data.get("imageWidth"), data.get("imageHeight")
-    if ann_w and ann_h and (int(ann_w), int(ann_h)) != (w, h):
+    if ann_w and ann_h:
+        try:
+            ann_w, ann_h = int(ann_w), int(ann_h)
+        except (TypeError, ValueError):
+            raise MaskError(f"{json_path}: imageWidth / imageHeight ({ann_w!r}, {ann_h!r}) are not whole numbers; "
+                            "re-save the annotation in labelme") from None
+    if ann_w and ann_h and (ann_w, ann_h) != (w, h):
         raise MaskError(
             f"{json_path}: annotation is for a {ann_w}x{ann_h} image but its image ({origin}) is {w}x{h}; "
             "re-annotate or supply the matching image"

@@ -44,13 +44,32 @@ def load_templates(spec: str) -> tuple[str, ...]:
     path = Path(spec)
     if not path.is_file():
         raise ConfigError(f"prompts {spec!r} is neither {' nor '.join(BUILTIN)} nor an existing text file")
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    bad = [ln for ln in lines if "{}" not in ln]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file of prompt templates (one per line, with '{{}}' for the "
+                          "class name); check --prompts") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the prompt templates ({exc.strerror})") from None
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    bad = [ln for ln in lines if "{}" not in ln or not _formats(ln)]
     if not lines or bad:
-        raise ConfigError(f"{path}: every template needs a '{{}}' for the class name (bad: {bad[:1] or 'empty file'})")
+        raise ConfigError(f"{path}: every template needs a '{{}}' for the class name and no other braces "
+                          f"(bad: {bad[:1] or 'empty file'})")
     return tuple(lines)
 
 
+def _formats(template: str) -> bool:
+    try:
+        template.format("x")
+    except (IndexError, KeyError, ValueError):
+        return False
+    return True
+
+
 def class_text(name: str) -> str:
-    """``hunting-dog`` / ``street_sign`` -> ``hunting dog`` / ``street sign`` for captions."""
-    return name.replace("_", " ").replace("-", " ").strip()
+    """What captions call a class: ``n04229816`` -> ``ski mask`` (ImageNet wnids by name), ``hunting-dog`` /
+    ``street_sign`` -> ``hunting dog`` / ``street sign``."""
+    from corruptencoder.poison.classnames import readable
+
+    return readable(name)

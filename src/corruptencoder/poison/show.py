@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
@@ -17,6 +18,18 @@ TRIGGER_COLOUR = (255, 40, 40)
 SUPPORT_COLOUR = (60, 140, 255)
 
 
+#: the largest cell and sheet: a contact sheet is for looking at, and memory grows with its pixels
+MAX_CELL = 4096
+MAX_SHEET_PIXELS = 100_000_000
+PAD = 4
+
+
+def sheet_size(n: int, cols: int, cell: int) -> tuple[int, int]:
+    cols = max(1, min(cols, n))
+    rows = math.ceil(n / cols)
+    return cols * (cell + PAD) + PAD, rows * (cell + PAD) + PAD
+
+
 def poison_grid(folder: str | Path, *, num: int = 16, cols: int = 4, cell: int = 192, target: str | None = None,
                 seed: int = 0) -> Image.Image:
     """Draw ``num`` poisons (a seeded sample in manifest order) on a grid of ``cell``-px cells."""
@@ -27,9 +40,10 @@ def poison_grid(folder: str | Path, *, num: int = 16, cols: int = 4, cell: int =
     if num < len(records):
         pick = np.sort(np.random.default_rng(seed).choice(len(records), size=num, replace=False))
         records = [records[i] for i in pick]
+    check_sheet(len(records), cols, cell)
     cols = max(1, min(cols, len(records)))
     rows = math.ceil(len(records) / cols)
-    pad = 4
+    pad = PAD
     sheet = Image.new("RGB", (cols * (cell + pad) + pad, rows * (cell + pad) + pad), (255, 255, 255))
     for k, rec in enumerate(records):
         im = load_rgb(folder / rec["file"])
@@ -52,11 +66,46 @@ def poison_grid(folder: str | Path, *, num: int = 16, cols: int = 4, cell: int =
 
 def save_poison_grid(folder: str | Path, out: str | Path, *, num: int = 16, cols: int = 4, cell: int = 192,
                      target: str | None = None, seed: int = 0) -> tuple[Path, tuple[int, int]]:
-    """Draw the grid and write it as PNG (``corruptencoder show``); returns the path and the sheet size."""
+    """Draw the grid and write it (PNG, or the format of ``out``'s extension) atomically; returns the path
+    and the sheet size. The output is checked before anything is drawn."""
     if num < 1 or cols < 1 or cell < 16:
         raise UserError("--num and --cols must be at least 1 and --cell at least 16")
-    grid = poison_grid(folder, num=num, cols=cols, cell=cell, target=target, seed=seed)
+    if cell > MAX_CELL:
+        raise UserError(f"--cell {cell}: at most {MAX_CELL} px per cell (a contact sheet is for looking at); "
+                        "use e.g. --cell 192")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(out)
+    fmt = Image.registered_extensions().get(out.suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        raise UserError(f"--out {out}: {'unknown image format ' + repr(out.suffix) if out.suffix else 'no extension'}; "
+                        "end the file name with .png (or .jpg, .webp)")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot create its folder ({exc.strerror}); choose another --out") from None
+    grid = poison_grid(folder, num=num, cols=cols, cell=cell, target=target, seed=seed)
+    import os
+    import tempfile
+
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=out.suffix, dir=out.parent)
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot write there ({exc.strerror}); choose another --out") from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            grid.save(fh, format=fmt)
+        os.replace(tmp, out)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise UserError(f"--out {out}: cannot write ({exc.strerror or exc}); choose another --out") from None
+        raise
     return out, grid.size
+
+
+def check_sheet(n: int, cols: int, cell: int) -> None:
+    w, h = sheet_size(n, cols, cell)
+    if w * h > MAX_SHEET_PIXELS:
+        raise UserError(f"a sheet of {n} poisons in {max(1, min(cols, n))} columns of {cell} px cells would be "
+                        f"{w}x{h} px, more than {MAX_SHEET_PIXELS // 1_000_000} megapixels; use a smaller --cell or "
+                        "--num")

@@ -52,7 +52,14 @@ def parse_size(size: int | str | tuple[int, int] | list[int] | None) -> tuple[in
         w = h = int(size)
     if w < 1 or h < 1:
         raise ConfigError(f"trigger size {w}x{h} must be at least 1x1 pixel")
+    if max(w, h) > MAX_TRIGGER_SIDE:  # it fits in no image anyway, and would be allocated before that is known
+        raise ConfigError(f"trigger size {w}x{h} is larger than any poison or test image; use at most "
+                          f"{MAX_TRIGGER_SIDE} px a side (the paper: 40, or 16 for CLIP)")
     return w, h
+
+
+#: the largest trigger side accepted (poisons are capped at 800 px by default; test images are smaller)
+MAX_TRIGGER_SIDE = 4096
 
 
 def default_trigger_seed(target: str) -> int:

@@ -73,7 +73,7 @@ class DataConfig(StrictModel):
     fraction: float | None = Field(None, description="seeded fraction of the clean images (CompRess clean subset)")
     exclude: list[str] = Field(default_factory=list, description="poison folders whose files are never used")
     poisons: list[str] = Field(default_factory=list, description="poison folders written by 'corruptencoder craft'")
-    image_size: int = Field(224, ge=8)
+    image_size: int = Field(224, ge=8, le=4096, description="training crop size in px (the paper: 224)")
     cache: Literal["auto", "memory", "none"] = "auto"
     cache_short_side: int | None = Field(None, description="decode-time shrink (default 4x image_size)")
     workers: int | None = Field(None, ge=0, description="DataLoader workers (default: 0 on <= 2 CPU cores)")
@@ -123,8 +123,8 @@ class OptimConfig(StrictModel):
 
 class TrainerConfig(StrictModel):
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
-    devices: int | Literal["auto"] = 1
-    num_nodes: int = 1
+    devices: int | Literal["auto"] = Field(1, description="devices per node (DDP when > 1), or auto")
+    num_nodes: int = Field(1, ge=1)
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"
     seed: int = 0
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all cores)")
@@ -133,7 +133,14 @@ class TrainerConfig(StrictModel):
     channels_last: bool = True
     compile: bool = False
     progress: bool = True
-    log_every_n_steps: int = 10
+    log_every_n_steps: int = Field(10, ge=1)
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"{v} devices: give the number of devices per node (at least 1) or auto")
+        return v
 
 
 class PretrainConfig(StrictModel):

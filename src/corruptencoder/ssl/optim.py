@@ -38,10 +38,11 @@ def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float,
         # lightly's LARS (trust coefficient 0.001) scales each layer by |w| / (|g| + wd |w|); the SimCLR
         # paper's TF code uses |w| / |g + wd w|, a bound of the same quantity
         return LARS(param_groups(model, weight_decay, True), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    groups = param_groups(model, weight_decay, False)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        # open_clip's training: no weight decay on biases, norm gains and the logit scale (ndim < 2)
+        return torch.optim.AdamW(param_groups(model, weight_decay, True), lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(param_groups(model, weight_decay, False), lr=lr, momentum=momentum,
+                           weight_decay=weight_decay)
 
 
 def warmup_cosine(step: int, total: int, warmup: int, final_ratio: float = 0.0) -> float:

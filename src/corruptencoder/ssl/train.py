@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import yaml
 
-from corruptencoder.errors import UserError
+from corruptencoder.errors import Interrupted, UserError
 from corruptencoder.ssl.config import METHODS, PretrainConfig
 from corruptencoder.utils.outputs import write_json_atomic
 
@@ -171,29 +171,83 @@ def _diff(a: Any, b: Any, path: str = "") -> str | None:
     return None if a == b else f"{path}: {a!r} -> {b!r}"
 
 
-def prepare_output(cfg: PretrainConfig, out: Path, resume: bool, overwrite: bool) -> Path | None:
-    """Check the output folder against resume/overwrite; return the checkpoint to resume from."""
+def _rank_zero() -> bool:
+    return int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
+
+
+def plan_output(cfg: PretrainConfig, out: Path, resume: bool, overwrite: bool) -> tuple[Path | None, bool]:
+    """Check the output folder against resume / overwrite, writing nothing. Returns the checkpoint to resume
+    from (None: start from scratch) and whether a fresh folder is to be made (replacing any old one)."""
     ckpt = out / "checkpoints" / "last.ckpt"
-    if int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0:
-        return ckpt if resume and ckpt.is_file() else None  # DDP worker ranks: rank 0 owns the folder
+    if not _rank_zero():
+        return (ckpt if resume and ckpt.is_file() else None), False  # DDP worker ranks: rank 0 owns the folder
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder; choose another --out")
     if out.exists() and any(out.iterdir()):
         if resume:
             saved = out / "config.yaml"
             if not saved.is_file():
                 raise UserError(f"{out}: nothing to resume (no config.yaml); start a new run or pass --overwrite")
-            old = yaml.safe_load(saved.read_text(encoding="utf-8"))
+            try:
+                old = yaml.safe_load(saved.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, yaml.YAMLError):
+                old = None
+            if not isinstance(old, dict):
+                raise UserError(f"{saved}: damaged, so this run cannot be resumed; pass --overwrite to start it again")
             d = _diff(_comparable(old), _comparable(cfg.model_dump(mode="json")))
             if d:
                 raise UserError(f"{out}: the config differs from the run being resumed ({d}); use the same config "
                                 "or a new --out")
-            return ckpt if ckpt.is_file() else None
+            return (ckpt if ckpt.is_file() else None), False
         if not overwrite:
             raise UserError(f"{out}: output folder exists; pass --resume to continue it, --overwrite to replace it, "
                             "or choose another --out")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
-    return None
+        return None, True
+    if resume:
+        why = "the folder does not exist" if not out.exists() else "the folder is empty"
+        raise UserError(f"{out}: nothing to resume ({why}); check --out, or drop --resume to start a new run there")
+    return None, True
+
+
+def create_output(cfg: PretrainConfig, out: Path) -> None:
+    """A fresh output folder (replacing an old one) with the resolved config; rank 0 only."""
+    try:
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False),
+                                         encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"{out}: cannot write the output folder ({exc.strerror or exc}); choose another --out or fix "
+                        "the folder's permissions or free space") from None
+
+
+def prepare_output(cfg: PretrainConfig, out: Path, resume: bool, overwrite: bool) -> Path | None:
+    """Check the output folder against resume/overwrite, make it if needed; return the checkpoint to resume from."""
+    ckpt, fresh = plan_output(cfg, out, resume, overwrite)
+    if fresh:
+        create_output(cfg, out)
+    return ckpt
+
+
+def check_checkpoint(ckpt: Path) -> None:
+    """A checkpoint to resume from must load (weights only: tensors and plain data, never code) before anything
+    else happens; a damaged one is one line saying what to do."""
+    import warnings
+
+    import torch
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch reports damage and refusals with many types: one line here
+        text = str(exc).strip()
+        first = text.splitlines()[0].split(". ")[0][:160] if text else type(exc).__name__
+        raise UserError(f"{ckpt}: cannot resume from it (damaged, or it needs arbitrary code to load: {first}); "
+                        "delete it to start this run again from scratch with --resume, or pass --overwrite") from None
+    if not isinstance(state, dict) or "state_dict" not in state or "loops" not in state:
+        raise UserError(f"{ckpt}: not a training checkpoint of this tool; delete it, or pass --overwrite")
 
 
 def _next_log_version(logs: Path) -> str:
@@ -239,6 +293,11 @@ def resolve_runtime(cfg: PretrainConfig) -> dict[str, Any]:
         precision = "32-true"  # bf16 slows ResNets down on CPU (measured); keep fp32 there
     devices = t.devices
     n_dev = (torch.cuda.device_count() if gpu else 1) if devices == "auto" else int(devices)
+    if n_dev < 1:
+        raise UserError(f"trainer.devices={devices}: give the number of devices per node (at least 1) or auto")
+    if gpu and n_dev > torch.cuda.device_count():
+        raise UserError(f"trainer.devices={devices} (--devices) but only {torch.cuda.device_count()} CUDA GPU(s) are "
+                        "visible; use at most that many, or auto")
     strategy: Any = "auto"
     if n_dev > 1 or t.num_nodes > 1:
         from lightning.pytorch.strategies import DDPStrategy
@@ -254,35 +313,43 @@ def resolve_runtime(cfg: PretrainConfig) -> dict[str, Any]:
 
 def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False, overwrite: bool = False,
              progress: bool | None = None, callbacks: list[Any] | None = None) -> PretrainResult:
-    """Pre-train an encoder; ``callbacks`` are extra Lightning callbacks (e.g. your own loggers)."""
+    """Pre-train an encoder; ``callbacks`` are extra Lightning callbacks (e.g. your own loggers).
+
+    Everything that can fail on bad input (the data, the output folder, the checkpoint to resume from, the
+    devices, the model, the trainer's settings) is checked before the output folder is written, so an error
+    leaves nothing behind and the same command can simply be run again. A run stopped by SIGINT / SIGTERM
+    (through the CLI's handler) raises :class:`Interrupted` with a note on the checkpoint and how to resume.
+    """
     import lightning as L
     import torch
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.callbacks import TQDMProgressBar
     from lightning.pytorch.loggers import CSVLogger
     from torch.utils.data import DataLoader
 
     from corruptencoder.data.datasets import ImageStore, ViewDataset, collate_views, read_skip_log
-    from corruptencoder.ssl.callbacks import EncoderSnapshots, LastCheckpoint, Throughput
+    from corruptencoder.ssl.callbacks import EncoderSnapshots, EpochLines, LastCheckpoint, ResumeState, Throughput
+    from corruptencoder.utils.progress import bars_wanted
 
     quiet_lightning()
     out = Path(out)
     clip = method_class(cfg.method.name).data_kind == "pairs"
-    # validates the data before anything is written; PairSources for CLIP, else an image collection
+    # 1. check, writing nothing: the data, the output folder, the checkpoint, the devices
     files: Any = pretrain_pairs(cfg) if clip else pretrain_files(cfg)
     if len(files) < 2:
         raise UserError(f"pre-training needs at least 2 images, found {len(files)}; check data.clean / data.poisons")
-    ckpt = prepare_output(cfg, out, resume, overwrite)
-    if int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0:
-        # the exact training files (the clean subset of a defence included), for reproducibility
-        names = files.names() if clip else files.files
-        (out / "train_files.txt").write_text("".join(f"{f}\n" for f in names), encoding="utf-8")
+    ckpt, fresh = plan_output(cfg, out, resume, overwrite)
+    if ckpt is not None:
+        check_checkpoint(ckpt)
     if resume and ckpt is None and (out / "encoder.pt").is_file():
         log.info("%s: already finished; nothing to resume", out)
     rt = resolve_runtime(cfg)
+    # 2. build the model, the data and the trainer (the order of random draws is that of every earlier version)
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     show = cfg.trainer.progress if progress is None else progress
+    bars = show and bars_wanted()
 
     short = cfg.data.cache_short_side or 4 * cfg.data.image_size
     cache_modes: dict[str, bool | str] = {"auto": "auto", "memory": True, "none": False}
@@ -292,12 +359,11 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False, over
         from corruptencoder.data.datasets import PairDataset
         from corruptencoder.ssl.clip_model import CaptionTokens, context_length
 
-        store = ImageStore(files.names(), short, cache, progress=show, skip_log=out / "skipped.txt",
-                           loader=files.load_image)
+        store = ImageStore(files.names(), short, cache, progress=show, loader=files.load_image)
         dataset: Any = PairDataset(store, files.captions(), model.plan.crop,
                                    CaptionTokens(context_length(cast(dict[str, Any], model.clip_spec))))
     else:
-        store = ImageStore(files.files, short, cache, progress=show, skip_log=out / "skipped.txt")
+        store = ImageStore(files.files, short, cache, progress=show)
         dataset = ViewDataset(store, model.plan.crop)
     bs = cfg.optim.batch_size
     loader = DataLoader(dataset, batch_size=min(bs, len(dataset)), shuffle=True, drop_last=len(dataset) >= bs,
@@ -307,27 +373,47 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False, over
         model.backbone = cast(torch.nn.Module, torch.compile(model.backbone))  # an OptimizedModule
 
     throughput = Throughput()
-    callbacks = list(callbacks or []) + [
-        LastCheckpoint(out / "checkpoints", cfg.trainer.checkpoint_every),
-        throughput,
-    ]
+    state = ResumeState(dataset if rt["workers"] == 0 else None)  # loader workers hold their own crop generators
+    last = LastCheckpoint(out / "checkpoints", cfg.trainer.checkpoint_every)
+    callbacks = list(callbacks or []) + [last, throughput, state]
     if cfg.trainer.snapshot_every:
         callbacks.append(EncoderSnapshots(out / "encoders", cfg.trainer.snapshot_every))
-    if show:
+    if bars:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, min(20, len(loader) // 10 or 1))))
-    trainer = L.Trainer(
-        max_epochs=cfg.optim.epochs, accelerator=rt["accelerator"], devices=rt["devices"],
-        num_nodes=cfg.trainer.num_nodes,
-        strategy=rt["strategy"], precision=rt["precision"], callbacks=callbacks,
-        logger=CSVLogger(str(out), name="logs", version=_next_log_version(out / "logs")), enable_progress_bar=show,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        log_every_n_steps=min(cfg.trainer.log_every_n_steps, max(1, len(loader))), default_root_dir=str(out),
-        num_sanity_val_steps=0, benchmark=rt["gpu"],
-    )
+    elif show:  # a log file or a scheduler: one line per epoch, no carriage returns
+        callbacks.append(EpochLines())
+    version = "part1" if fresh else _next_log_version(out / "logs")
+    try:
+        trainer = L.Trainer(
+            max_epochs=cfg.optim.epochs, accelerator=rt["accelerator"], devices=rt["devices"],
+            num_nodes=cfg.trainer.num_nodes,
+            strategy=rt["strategy"], precision=rt["precision"], callbacks=callbacks,
+            logger=CSVLogger(str(out), name="logs", version=version), enable_progress_bar=bars,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+            log_every_n_steps=min(cfg.trainer.log_every_n_steps, max(1, len(loader))), default_root_dir=str(out),
+            num_sanity_val_steps=0, benchmark=rt["gpu"],
+        )
+    except (MisconfigurationException, ValueError) as exc:
+        raise UserError(f"trainer settings (accelerator {rt['accelerator']}, devices {rt['devices']}, nodes "
+                        f"{cfg.trainer.num_nodes}): {str(exc).strip().splitlines()[0]}") from None
+    # 3. write: the output folder, the exact training files, the log of unreadable images
+    if fresh:
+        create_output(cfg, out)
+    if _rank_zero():
+        # the exact training files (the clean subset of a defence included), for reproducibility
+        names = files.names() if clip else files.files
+        (out / "train_files.txt").write_text("".join(f"{f}\n" for f in names), encoding="utf-8")
+    store.log_skipped_to(out / "skipped.txt")
     t0 = time.perf_counter()
-    trainer.fit(model, loader, ckpt_path=str(ckpt) if ckpt else None)
-    seconds = time.perf_counter() - t0
+    try:
+        trainer.fit(model, loader, ckpt_path=str(ckpt) if ckpt else None)
+    except BaseException as exc:
+        stopped = _as_interruption(exc)
+        if stopped is None:
+            raise
+        raise Interrupted(stopped, _resume_note(out, trainer, last, state, ckpt)) from None
+    seconds = state.elapsed_before + time.perf_counter() - t0  # every part of a resumed run
     encoder = out / "encoder.pt"
     if trainer.is_global_zero:
         merge_metrics(out / "logs")
@@ -347,3 +433,27 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False, over
                         out / "skipped.txt")
     return PretrainResult(out, encoder, int(trainer.current_epoch), seconds, throughput.images_per_second,
                           len(files), files.num_poisons)
+
+
+def _as_interruption(exc: BaseException) -> int | None:
+    """The signal behind an exception that stopped training, if it was one: our handler's Interrupted, or
+    Lightning's SIGTERMException (a SystemExit with code None, which would read as success)."""
+    import signal
+
+    if isinstance(exc, Interrupted):
+        return exc.signum
+    if isinstance(exc, KeyboardInterrupt):
+        return int(signal.SIGINT)
+    if type(exc).__name__ == "SIGTERMException":
+        return int(signal.SIGTERM)
+    return None
+
+
+def _resume_note(out: Path, trainer: Any, last: Any, state: Any, ckpt: Path | None) -> str:
+    """Where a stopped run can continue from, and how."""
+    saved = out / "checkpoints" / "last.ckpt"
+    if not saved.is_file():
+        return f"stopped before the first checkpoint; run the same command with --resume (--out {out}) to start again"
+    done = last.saved_epoch if last.saved_epoch is not None else (state.start_epoch if ckpt is not None else 0)
+    which = f"the checkpoint after epoch {done} of {trainer.max_epochs}" if done else "its last checkpoint"
+    return f"{which} is saved in {saved}; resume with the same command plus --resume (--out {out})"

@@ -57,10 +57,16 @@ def format_validation_error(exc: ValidationError, source: str, rename: Callable[
 
 def read_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise ConfigError(f"{path}: not a regular file (a device or a pipe); give a YAML or JSON config file")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (YAML or JSON, UTF-8); check the path") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a config file; check the path") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
     try:

@@ -35,18 +35,24 @@ _LAYOUT_CHOICES: dict[str, tuple[Layout, ...]] = {
     "high": ("high",),
     "wide-left": ("wide-left",),
     "wide-right": ("wide-right",),
+    "authors": ("wide-left", "wide-right"),
 }
 
 
-#: Algorithm 2's layouts: random (a random bit picks wide or high), or one of them
-LayoutChoice = Literal["random", "wide", "high", "wide-left", "wide-right"]
+#: Algorithm 2's layouts: random (a random bit picks wide or high), or one of them; "authors" is what the
+#: authors' generate_poisoned_images.py does (the code behind the paper's tables): the object left or right
+#: only, 0 to ``object_margin`` of the poison's width from its edge, the background cropped at its bottom
+LayoutChoice = Literal["random", "wide", "high", "wide-left", "wide-right", "authors"]
 ReferenceMode = Literal["object", "image"]
 
 
 class CorruptEncoderOptions(AttackOptions):
     alpha: float = Field(0.5, description="object bounding-box area / poisoned-image area, in (0, 1)")
     beta: float = Field(0.5, description="the trigger lies in the central beta fraction of the free rectangle")
-    layout: LayoutChoice = Field("random", description="Algorithm 2 layout")
+    layout: LayoutChoice = Field("random", description="Algorithm 2 layout; 'authors' = the authors' script's")
+    object_margin: float = Field(0.05, ge=0.0, lt=0.5, description="layout 'authors': the object lies 0 to this "
+                                 "fraction of the poison's width away from its edge (their script: 0.05), less where "
+                                 "the trigger would not fit beside it")
     reference_mode: ReferenceMode = Field(
         "object", description="embed the masked reference object (paper) or the whole reference image (Table 7)")
 
@@ -76,9 +82,20 @@ class CorruptEncoderAttack(ImageAttack[CorruptEncoderOptions]):
         self._cache: dict[tuple[int, tuple[int, int]], tuple[Image.Image, Image.Image | None]] = {}
         self._check_trigger_fits()
 
-    def geometry(self, ref: int, layout: Layout) -> PoisonGeometry:
+    def geometry(self, ref: int, layout: Layout, margin: float = 0.0) -> PoisonGeometry:
+        """The poison's boxes; ``margin`` (the authors' layout, a fraction of the width) is reduced where the
+        trigger would no longer fit the central region beside the object, so small beta stays craftable."""
         w, h = self.objects[ref].size
-        return poison_geometry(w, h, self.opts.alpha, layout, self.run.max_size)
+        g = poison_geometry(w, h, self.opts.alpha, layout, self.run.max_size)
+        if margin <= 0:
+            return g
+        slack = largest_fit(trigger_region(g, self.opts.beta))[0] - self.trigger_size[0]
+        px = min(int(margin * g.image_size[0]), max(0, slack))
+        return poison_geometry(w, h, self.opts.alpha, layout, self.run.max_size, px / g.image_size[0] + 1e-9)
+
+    @property
+    def authors(self) -> bool:
+        return self.opts.layout == "authors"
 
     def _check_trigger_fits(self) -> None:
         """Refuse, before any work, a trigger that cannot fit for some reference and layout."""
@@ -86,7 +103,7 @@ class CorruptEncoderAttack(ImageAttack[CorruptEncoderOptions]):
         worst: tuple[int, int, str, Layout, PoisonGeometry] | None = None
         for i, ref in enumerate(self.references):
             for layout in self.layouts:
-                g = self.geometry(i, layout)
+                g = self.geometry(i, layout)  # the authors' margin gives way to the trigger (see geometry)
                 fw, fh = largest_fit(trigger_region(g, self.opts.beta))
                 if (tw > fw or th > fh) and (worst is None or min(fw, fh) < min(worst[0], worst[1])):
                     worst = (fw, fh, ref.source, layout, g)
@@ -95,8 +112,9 @@ class CorruptEncoderAttack(ImageAttack[CorruptEncoderOptions]):
             raise GeometryError(
                 f"{source}: a {tw}x{th} trigger cannot fit in the central beta={self.opts.beta} fraction "
                 f"({fw}x{fh}) of the free rectangle of a {layout} poison of {g.image_size[0]}x{g.image_size[1]} px; "
-                f"the largest that fits is {fw}x{fh}: use --trigger-size {max(min(fw, fh), 0)} or less, "
-                "a larger --beta, a smaller --alpha, --layout to avoid this layout, or a larger --max-size"
+                + (f"the largest that fits is {fw}x{fh}: use --trigger-size {min(fw, fh)} or less, "
+                   if min(fw, fh) >= 1 else "no trigger fits there: use ")  # never "--trigger-size 0 or less"
+                + "a larger --beta, a smaller --alpha, --layout to avoid this layout, or a larger --max-size"
             )
 
     def plan(self, rng: np.random.Generator, count: int | None = None) -> list[Job]:
@@ -110,14 +128,17 @@ class CorruptEncoderAttack(ImageAttack[CorruptEncoderOptions]):
             ref = int(rng.integers(len(self.objects)))
             pick = rng.random()
             u = rng.random(4)
-            jobs.append({
+            job: Job = {
                 "attack": "corruptencoder",
                 "ref": ref,
                 "layout": _choose_layout(self.opts.layout, pick),
                 "background": int(perm[i % nb]),
                 "u_background": [float(u[0]), float(u[1])],
                 "u_trigger": [float(u[2]), float(u[3])],
-            })
+            }
+            if self.authors:  # drawn only for this layout, so the other layouts' streams are unchanged
+                job["margin"] = float(rng.random()) * self.opts.object_margin
+            jobs.append(job)
         return jobs
 
     def _resized(self, ref: int, size: tuple[int, int]) -> tuple[Image.Image, Image.Image | None]:
@@ -137,10 +158,11 @@ class CorruptEncoderAttack(ImageAttack[CorruptEncoderOptions]):
         return self.render_poison(job)
 
     def render_poison(self, job: Job) -> RenderResult:
-        g = self.geometry(job["ref"], job["layout"])
+        g = self.geometry(job["ref"], job["layout"], job.get("margin", 0.0))
         rgb, matte = self._resized(job["ref"], g.object_size)
         bg, bg_path, skipped = self.backgrounds.load(job["background"])
-        r, crop = background_crop(bg.size, g.image_size, *job["u_background"])
+        ux, uy = job["u_background"]
+        r, crop = background_crop(bg.size, g.image_size, ux, uy, bottom=self.authors)
         if r > 1.0:
             src = (crop[0] / r, crop[1] / r, min(crop[2] / r, bg.size[0]), min(crop[3] / r, bg.size[1]))
             canvas = bg.resize(g.image_size, Image.Resampling.BICUBIC, box=src)
@@ -161,6 +183,7 @@ class CorruptEncoderAttack(ImageAttack[CorruptEncoderOptions]):
             "background_box": [round(v, 3) for v in src],
             "background_scale": round(r, 6),
             "object_size": list(g.object_size),
+            "object_margin": g.margin,
             "alpha": self.opts.alpha,
             "beta": self.opts.beta,
         })
