@@ -7,7 +7,13 @@ For each (method, backbone) at 32 px prints one JSON line with images/s of
 and their ratio (target >= 0.8: augmentation must not dominate). On a CUDA machine the same runs
 use the GPU (pass --device-only to skip the CPU baselines).
 
+``--loader-only`` measures the data pipeline alone at ``--image-size`` (decode + MoCo-v2's two crops, the
+work a loader worker does per image) on a folder of JPEGs (default: the Places365 backgrounds of the shared
+assets, else the demo world): images/s in one process for Pillow's decode and for the current path
+(torchvision's JPEG decoder), then in total with 1..``--workers`` loader processes.
+
     python benchmarks/pretrain_throughput.py [--threads 2] [--steps 12] [--methods moco simclr]
+    python benchmarks/pretrain_throughput.py --loader-only --image-size 224 [--data DIR] [--workers 2]
 """
 
 from __future__ import annotations
@@ -66,6 +72,26 @@ def model_only(cfg: PretrainConfig, steps: int, device: str) -> float:
     return steps * bs / t
 
 
+def loader_only(files: list[str], image_size: int, decoder: str, workers: int, n: int) -> float:
+    """Images/s of decode + two MoCo-v2 crops over ``n`` images with ``workers`` loader processes (0: here)."""
+    from torch.utils.data import DataLoader
+
+    import corruptencoder.data.datasets as ds
+    from corruptencoder.data.datasets import ImageStore, ViewDataset, collate_views
+    from corruptencoder.ssl.views import view_plan
+    from corruptencoder.utils.imageio import load_rgb
+
+    cfg = PretrainConfig.model_validate({"method": {"name": "moco"}, "data": {"clean": "x", "image_size": image_size}})
+    if decoder == "pil":  # the previous path: Pillow, then a copy into a CHW tensor
+        ds.decode_tensor = lambda path, short: ds.to_tensor(load_rgb(path, draft_short_side=short), short)
+    store = ImageStore((files * (n // len(files) + 1))[:n], 4 * image_size, cache=False)
+    loader = DataLoader(ViewDataset(store, view_plan(cfg).crop), batch_size=32, num_workers=workers,
+                        collate_fn=collate_views)
+    t0 = time.perf_counter()
+    count = sum(int(views[0].shape[0]) for views, _ in loader)
+    return count / (time.perf_counter() - t0)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -74,9 +100,35 @@ def main() -> int:
     ap.add_argument("--methods", nargs="+", default=["moco", "simclr"])
     ap.add_argument("--backbones", nargs="+", default=["small_cnn", "resnet18"])
     ap.add_argument("--workers", type=int, default=None, help="loader workers (default: the toolkit's choice)")
+    ap.add_argument("--loader-only", action="store_true", help="time the data pipeline alone (see above)")
+    ap.add_argument("--image-size", type=int, default=224)
+    ap.add_argument("--data", help="folder of images for --loader-only")
+    ap.add_argument("--images", type=int, default=400, help="images per --loader-only measurement")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    if args.loader_only:
+        import subprocess
+
+        from corruptencoder.utils.files import list_images
+
+        shared = Path(__file__).resolve().parents[2] / "shared/data/corruptencoder-assets/backgrounds-places365"
+        folder = Path(args.data) if args.data else (shared if shared.is_dir() else demo_world() / "pretrain")
+        files = [str(f) for f in list_images(folder)]
+        for decoder in ("pil", "auto"):
+            # a fresh process per measurement: the decoder switch and loader workers start clean
+            here, last = str(Path(__file__).parent), (args.workers or 2) + 1
+            code = (f"import json, sys; sys.path.insert(0, {here!r}); from pretrain_throughput import loader_only; "
+                    f"print(json.dumps([loader_only(json.loads(sys.argv[1]), {args.image_size}, {decoder!r}, w, "
+                    f"{args.images}) for w in range({last})]))")
+            out = subprocess.run([sys.executable, "-c", code, json.dumps(files)], capture_output=True, text=True,
+                                 check=True).stdout
+            rates = json.loads(out.strip().splitlines()[-1])
+            print(json.dumps({"benchmark": "loader_only", "data": str(folder), "images": len(files),
+                              "image_size": args.image_size, "decoder": decoder,
+                              "in_process_img_s": round(rates[0], 1),
+                              "workers_img_s": {str(w): round(r, 1) for w, r in enumerate(rates) if w}}), flush=True)
+        return 0
     device = "cuda" if torch.cuda.is_available() else "cpu"
     world = demo_world()
     for backbone in args.backbones:

@@ -199,7 +199,7 @@ def test_ddp_two_cpu_processes(tiny_data: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (out / "checkpoints" / "last.ckpt").is_file() and (out / "encoder.pt").is_file()
     ck = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert ck["global_step"] == 1  # 36 images / (12 per process x 2 processes) -> 1 step per epoch
+    assert ck["global_step"] == 3  # batch 12 is global: 6 per process x 2 processes -> 36 / 12 = 3 steps
 
 
 def test_continued_pretraining_starts_from_the_given_encoder(tiny_data: Path, tmp_path: Path) -> None:
@@ -214,3 +214,54 @@ def test_continued_pretraining_starts_from_the_given_encoder(tiny_data: Path, tm
         torch.testing.assert_close(model.backbone_k.state_dict()[k], v)  # the key encoder starts there too
     with pytest.raises(ConfigError, match="differs from the configured"):
         method_class("moco")(tiny_config(tiny_data, **{"backbone.init": str(init), "backbone.width": 0.5}))
+
+
+def test_rank_zero_follows_the_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
+    from corruptencoder.ssl.train import _rank_zero
+
+    for var in ("RANK", "SLURM_PROCID", "SLURM_NTASKS", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    assert _rank_zero()
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("GROUP_RANK", "1")  # torchrun on the second node: its first process is not rank 0
+    monkeypatch.setenv("RANK", "4")
+    assert not _rank_zero()
+    monkeypatch.setenv("RANK", "0")
+    assert _rank_zero()
+    monkeypatch.delenv("RANK")
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    monkeypatch.setenv("SLURM_PROCID", "2")
+    assert not _rank_zero()
+    monkeypatch.setenv("SLURM_NTASKS", "1")  # one task: Lightning's own launcher decides
+    monkeypatch.setenv("NODE_RANK", "0")
+    monkeypatch.delenv("GROUP_RANK")
+    assert _rank_zero()
+
+
+def test_global_batch_must_split_over_processes(tiny_data: Path) -> None:
+    from corruptencoder.ssl.train import resolve_runtime
+
+    cfg = tiny_config(tiny_data, **{"trainer.devices": 2, "trainer.accelerator": "cpu", "optim.batch_size": 13})
+    with pytest.raises(UserError, match="global batch and must split evenly over 2 processes"):
+        resolve_runtime(cfg)
+    rt = resolve_runtime(tiny_config(tiny_data, **{"trainer.devices": 2, "trainer.accelerator": "cpu"}))
+    assert rt["world"] == 2 and rt["per_process_batch"] == 6
+    assert rt["strategy"]._ddp_kwargs.get("broadcast_buffers") is False  # per-rank queues stay per rank
+
+
+@pytest.mark.parametrize("method,keys", [("moco", ["criterion.memory_bank.bank", "criterion.memory_bank.bank_ptr"]),
+                                         ("swav", ["queues.0.bank", "queues.1.bank_ptr"]),
+                                         ("msf", ["memory.bank", "memory.bank_ptr"])])
+def test_memory_banks_are_in_the_checkpoint(tiny_data: Path, tmp_path: Path, method: str, keys: list[str]) -> None:
+    """lightly registers its banks as non-persistent buffers: a resumed run would train on random negatives."""
+    method_cfg = {"moco": {"queue_size": 32, "proj_hidden": 32, "proj_dim": 16},
+                  "swav": {"n_prototypes": 8, "queue_size": 24, "n_local": 0, "proj_hidden": 32, "proj_dim": 16},
+                  "msf": {"bank_size": 24, "proj_hidden": 32, "proj_dim": 16, "pred_hidden": 32}}[method]
+    cfg = PretrainConfig.model_validate({**tiny_config(tiny_data, **{"optim.epochs": 1}).model_dump(),
+                                         "method": {"name": method, **method_cfg}})
+    pretrain(cfg, tmp_path / "run")
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    for key in keys:
+        assert key in state["state_dict"], key
+    bank = state["state_dict"][keys[0]]
+    assert bank.ndim == 2 and not torch.equal(bank, torch.zeros_like(bank))

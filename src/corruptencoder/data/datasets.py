@@ -37,8 +37,28 @@ def to_tensor(im: Image.Image, short_side: int | None) -> torch.Tensor:
     return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 
+_JPEG = (".jpg", ".jpeg", ".jfif")
+
+
 def decode_tensor(path: str | os.PathLike[str], short_side: int | None) -> torch.Tensor:
-    """Decode to a uint8 (3, H, W) tensor whose shorter side is at most ``short_side``."""
+    """Decode to a uint8 (3, H, W) tensor whose shorter side is at most ``short_side``.
+
+    A JPEG that needs no shrinking is decoded by torchvision straight into a CHW tensor (libjpeg-turbo, the
+    same pixels as Pillow's: checked on the Places365 backgrounds; about 5x faster than Pillow + a copy);
+    everything else (other formats, CMYK, shrinking, a file torchvision refuses) goes through Pillow's path,
+    which also reports any problem with the file."""
+    if str(path).lower().endswith(_JPEG):
+        from corruptencoder.utils.imageio import open_image
+
+        with open_image(path) as im:  # header only: existence, size (bombs), mode
+            fits = (not short_side or min(im.size) <= short_side) and im.mode in ("RGB", "L")
+        if fits:
+            from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
+            try:
+                return decode_jpeg(read_file(str(path)), mode=ImageReadMode.RGB, apply_exif_orientation=True)
+            except RuntimeError:
+                pass  # Pillow's path below decodes it or says what is wrong
     return to_tensor(load_rgb(path, draft_short_side=short_side), short_side)
 
 
@@ -58,8 +78,7 @@ class ImageStore:
         self.skip_log = str(skip_log) if skip_log else None
         self.skipped: dict[str, str] = {}
         if cache == "auto":
-            side = short_side or 256
-            cache = len(self.files) * side * side * 3 * 1.4 <= AUTO_CACHE_BYTES
+            cache = self.decoded_bytes() <= AUTO_CACHE_BYTES
         self.cached: list[torch.Tensor | None] | None = None
         if cache:
             self.cached = self._decode_all(progress)
@@ -75,6 +94,28 @@ class ImageStore:
         if all(t is None for t in out):
             raise ImageError(f"none of the {len(out)} images could be decoded, e.g. {self.files[0]}")
         return out
+
+    def decoded_bytes(self, sample: int = 32) -> float:
+        """Memory the decoded images would take: the mean decoded size (after the short-side shrink) of a spread
+        sample of headers times the count (a square of ``short_side``, 256 by default, when headers cannot be
+        read, e.g. images served by a loader)."""
+        side = self.short_side or 256
+        if not self.files:
+            return 0.0
+        sizes = []
+        if self.loader is None:
+            from corruptencoder.utils.imageio import open_image
+
+            for i in np.linspace(0, len(self.files) - 1, min(sample, len(self.files))).astype(int):
+                try:
+                    with open_image(self.files[int(i)]) as im:
+                        w, h = im.size
+                except ImageError:
+                    continue
+                s = min(1.0, side / min(w, h)) if self.short_side else 1.0
+                sizes.append(w * s * h * s * 3)
+        mean = float(np.mean(sizes)) if sizes else side * side * 3 * 1.4
+        return mean * len(self.files)
 
     def log_skipped_to(self, path: str | os.PathLike[str]) -> None:
         """From now on record unreadable files in ``path`` (worker processes too), starting with those found so

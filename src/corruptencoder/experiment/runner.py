@@ -336,6 +336,7 @@ class Runner:
         t0 = time.perf_counter()
         settings = EvalSettings(probe=ProbeConfig.for_protocol(e.probe, seed, e.probe_epochs), seed=seed,
                                 location=e.location, trigger_jpeg_quality=e.trigger_jpeg_quality,
+                                workers=eval_workers(self.device),
                                 trigger_size=ets, device=self.device, cache_dir=str(self.cache / "features"))
         task = load_task(tcfg)
         res = evaluate(encoder, task, targets, clean_encoder=clean, settings=settings)
@@ -425,6 +426,17 @@ def detection_metrics(scores: dict[str, float], keep_file: Path, poisons: Path |
         return {"poisons": 0}
     kept = [f for f in keep_file.read_text(encoding="utf-8").splitlines() if f]
     return metrics(scores, kept, [str(p) for p in poison_files(poisons)])
+
+
+def eval_workers(device: str) -> int:
+    """Feature-extraction loader workers: on a GPU host every core but one decodes (extracting ImageNet100-B's
+    features in the main process took 7-11 min per encoder); on a CPU host the cores run the model."""
+    import os
+
+    import torch
+
+    gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    return max(1, min(8, (os.cpu_count() or 1) - 1)) if gpu else 0
 
 
 def _sha256(path: Path) -> str:

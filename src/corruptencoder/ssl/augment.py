@@ -128,10 +128,6 @@ def blur_kernel_size(image_size: int) -> int:
     return k if k % 2 == 1 else k + 1
 
 
-def _subset(mask: torch.Tensor) -> torch.Tensor:
-    return mask.nonzero(as_tuple=True)[0]
-
-
 def apply_colour(x: torch.Tensor, aug: ColourAugment, generator: torch.Generator | None = None,
                  normalize: bool = True) -> torch.Tensor:
     """Augment a batch: uint8 or float (B, 3, H, W) -> float normalized (ImageNet mean/std)."""
@@ -143,10 +139,15 @@ def apply_colour(x: torch.Tensor, aug: ColourAugment, generator: torch.Generator
     dev = x.device
 
     def rand(n: int) -> torch.Tensor:
-        return torch.rand(n, generator=generator, device="cpu").to(dev)
+        return torch.rand(n, generator=generator, device="cpu").to(dev, non_blocking=True)
+
+    def pick(p: float) -> torch.Tensor:
+        """Which images get an op: drawn and indexed on the host, then copied (no device sync for nonzero)."""
+        chosen = torch.nonzero(torch.rand(b, generator=generator, device="cpu") < p).flatten()
+        return chosen.to(dev, non_blocking=True)
 
     if aug.jitter_p > 0:
-        idx = _subset(rand(b) < aug.jitter_p)
+        idx = pick(aug.jitter_p)
         if idx.numel():
             sub = x[idx]
             n = idx.numel()
@@ -162,22 +163,22 @@ def apply_colour(x: torch.Tensor, aug: ColourAugment, generator: torch.Generator
                     sub = adjust_hue(sub, (rand(n) * 2 - 1) * aug.hue)
             x[idx] = sub
     if aug.grayscale_p > 0:
-        idx = _subset(rand(b) < aug.grayscale_p)
+        idx = pick(aug.grayscale_p)
         if idx.numel():
             x[idx] = grayscale(x[idx]).expand(-1, 3, -1, -1)
     if aug.blur_p > 0:
-        idx = _subset(rand(b) < aug.blur_p)
+        idx = pick(aug.blur_p)
         if idx.numel():
             lo, hi = aug.blur_sigma
             sigma = lo + rand(idx.numel()) * (hi - lo)
             x[idx] = gaussian_blur(x[idx], sigma, blur_kernel_size(x.shape[-1]))
     if aug.solarize_p > 0:
-        idx = _subset(rand(b) < aug.solarize_p)
+        idx = pick(aug.solarize_p)
         if idx.numel():
             sub = x[idx]
             x[idx] = torch.where(sub >= 0.5, 1.0 - sub, sub)
     if aug.flip_p > 0:
-        idx = _subset(rand(b) < aug.flip_p)
+        idx = pick(aug.flip_p)
         if idx.numel():
             x[idx] = x[idx].flip(-1)
     if normalize:

@@ -117,7 +117,8 @@ class OptimConfig(StrictModel):
     weight_decay: float | None = Field(None, ge=0.0)
     momentum: float = 0.9
     warmup_epochs: float | None = Field(None, ge=0.0)
-    batch_size: int = Field(256, ge=2)
+    batch_size: int = Field(256, ge=2, description="the global batch, split evenly over devices and nodes (as the "
+                            "papers state it); the learning rate is scaled by it")
     epochs: int = Field(200, ge=1)
 
 

@@ -172,7 +172,15 @@ def _diff(a: Any, b: Any, path: str = "") -> str | None:
 
 
 def _rank_zero() -> bool:
-    return int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
+    """Whether this process is the job's global rank 0 (the one that prepares outputs), whoever launched it:
+    torchrun sets RANK, srun with several tasks SLURM_PROCID, Lightning's own launcher NODE_RANK + LOCAL_RANK
+    (LOCAL_RANK alone would make every node's first process "rank 0")."""
+    env = os.environ
+    if env.get("RANK", "").strip().isdigit():
+        return int(env["RANK"]) == 0
+    if int(env.get("SLURM_NTASKS", "1") or 1) > 1 and env.get("SLURM_PROCID", "").strip().isdigit():
+        return int(env["SLURM_PROCID"]) == 0
+    return int(env.get("LOCAL_RANK", "0")) == 0 and int(env.get("NODE_RANK", env.get("GROUP_RANK", "0"))) == 0
 
 
 def plan_output(cfg: PretrainConfig, out: Path, resume: bool, overwrite: bool) -> tuple[Path | None, bool]:
@@ -302,13 +310,24 @@ def resolve_runtime(cfg: PretrainConfig) -> dict[str, Any]:
     if n_dev > 1 or t.num_nodes > 1:
         from lightning.pytorch.strategies import DDPStrategy
 
-        strategy = DDPStrategy(process_group_backend="nccl" if gpu else "gloo", find_unused_parameters=False)
+        # broadcast_buffers=False: DDP would otherwise copy rank 0's buffers to every rank at each step, which
+        # overwrites per-rank state such as SwAV's feature queues (kept per device, as SwAV does); the
+        # gathered queues (MoCo, MSF, CompRess) are the same on every rank anyway
+        strategy = DDPStrategy(process_group_backend="nccl" if gpu else "gloo", find_unused_parameters=False,
+                               broadcast_buffers=False)
     cores = os.cpu_count() or 1
     workers = cfg.data.workers
     if workers is None:
-        workers = min(8, max(1, cores // max(1, n_dev) - 1)) if gpu else (0 if cores <= 2 else min(4, cores - 2))
+        # a GPU host: every core but one per device decodes and crops (the GPU waits otherwise); a CPU host
+        # keeps its cores for the model (the loader runs in the main process on 2 cores: measured fastest)
+        workers = max(1, cores // max(1, n_dev) - 1) if gpu else (0 if cores <= 2 else min(4, cores - 2))
+    world = n_dev * t.num_nodes
+    batch = cfg.optim.batch_size
+    if batch % world:
+        raise UserError(f"optim.batch_size={batch} is the global batch and must split evenly over {world} processes "
+                        f"({n_dev} device(s) x {t.num_nodes} node(s)); use a multiple of {world}")
     return {"accelerator": accelerator, "precision": precision, "devices": devices, "strategy": strategy,
-            "workers": workers, "gpu": gpu}
+            "workers": workers, "gpu": gpu, "world": world, "per_process_batch": batch // world}
 
 
 def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False, overwrite: bool = False,
@@ -365,7 +384,11 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False, over
     else:
         store = ImageStore(files.files, short, cache, progress=show)
         dataset = ViewDataset(store, model.plan.crop)
-    bs = cfg.optim.batch_size
+    bs = rt["per_process_batch"]  # optim.batch_size is the global batch, as the papers state it
+    if rt["world"] > 1 and _rank_zero():
+        _, lr, _, _ = cfg.resolved_optim()
+        log.info("global batch %d = %d per process x %d processes; learning rate %.4g for the global batch",
+                 cfg.optim.batch_size, bs, rt["world"], lr)
     loader = DataLoader(dataset, batch_size=min(bs, len(dataset)), shuffle=True, drop_last=len(dataset) >= bs,
                         num_workers=rt["workers"], collate_fn=collate_views, pin_memory=rt["gpu"],
                         persistent_workers=rt["workers"] > 0, prefetch_factor=4 if rt["workers"] > 0 else None)
