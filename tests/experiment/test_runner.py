@@ -170,3 +170,22 @@ def test_continued_pretraining_arm_starts_both_encoders_from_the_base_arm(tmp_pa
     bad["arms"][1]["init"] = "arm:nope"
     with pytest.raises(ConfigError, match="names no arm"):
         load_experiment(write(tmp_path, bad, "bad.yaml"))
+
+
+def test_continued_pretraining_from_one_pinned_base_for_every_seed(tmp_path: Path) -> None:
+    cfg = json.loads(json.dumps(TINY))
+    cfg["seeds"] = [0, 1]
+    cfg["evaluation"]["checkpoints_every"] = 0
+    cfg["arms"] = [{"name": "refresh", "attack": "corruptencoder", "init": "arm:base@0"},
+                   {"name": "base", "attack": "none"}]
+    run = tmp_path / "run"
+    assert main(["run", str(write(tmp_path, cfg)), "--out", str(run), "--quiet", "--arms", "refresh"]) == 0
+    encoders = sorted((run / "cache" / "encoders").iterdir())
+    inits = {yaml.safe_load((e / "config.yaml").read_text())["backbone"]["init"] for e in encoders}
+    bases = [e for e in encoders if yaml.safe_load((e / "config.yaml").read_text())["backbone"]["init"] is None]
+    assert len(bases) == 1 and inits == {None, str(bases[0] / "encoder.pt")}  # seed 0's base, for both seeds
+    assert len(encoders) == 5  # the base + (poisoned, clean) continuations for each of the 2 seeds
+    bad = json.loads(json.dumps(cfg))
+    bad["arms"][0]["init"] = "arm:base@x"
+    with pytest.raises(ConfigError, match="after '@' give a seed"):
+        load_experiment(write(tmp_path, bad, "bad.yaml"))

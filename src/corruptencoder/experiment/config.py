@@ -110,7 +110,7 @@ class ArmSpec(StrictModel):
     lr: float | None = Field(None, gt=0.0)
     init: str | None = Field(None, description="continued pre-training: every encoder of the arm (the attacked one "
                              "and its clean twin) starts from this encoder.pt, or 'arm:NAME' = arm NAME's clean "
-                             "final encoder")
+                             "final encoder of the same seed ('arm:NAME@0': of seed 0, one base for every trial)")
     pretrain: dict[str, Any] = Field(default_factory=dict, description="raw pre-training config overrides")
 
     @field_validator("alpha", "beta")
@@ -232,7 +232,9 @@ class ExperimentConfig(StrictModel):
         known = {t.name for t in self.targets}
         for a in out:
             if a.init and a.init.startswith("arm:"):
-                ref = a.init[4:]
+                ref, _, pinned = a.init[4:].partition("@")
+                if pinned and not pinned.isdigit():
+                    raise ConfigError(f"arm {a.name}: init {a.init!r}: after '@' give a seed, e.g. arm:base@0")
                 if ref not in names:
                     raise ConfigError(f"arm {a.name}: init {a.init!r} names no arm ({', '.join(names)})")
                 if ref == a.name or next(x for x in out if x.name == ref).init:

@@ -155,9 +155,12 @@ class Runner:
             return None
         if not arm.init.startswith("arm:"):
             return Path(arm.init)
-        base = next(a for a in self.cfg.expanded_arms() if a.name == arm.init[4:])
+        name, _, pinned = arm.init[4:].partition("@")  # arm:NAME@SEED: one base encoder for every trial
+        base_seed = int(pinned) if pinned else seed
+        base = next(a for a in self.cfg.expanded_arms() if a.name == name)
         base = base.model_copy(update={"attack": "none", "defence": "none", "defence_args": {}})
-        return self.pretrain(base, seed, None, f"{arm.name} (initial encoder: {base.name}, clean)") / "encoder.pt"
+        role = f"{arm.name} (initial encoder: {base.name}, clean, seed {base_seed})"
+        return self.pretrain(base, base_seed, None, role) / "encoder.pt"
 
     def _portable(self, path: str) -> str:
         """A cache file by its place in the cache (or its content): keys never depend on where the cache is."""
