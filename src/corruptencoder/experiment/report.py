@@ -154,8 +154,12 @@ def write_report(run_dir: Path, result: dict[str, Any]) -> Path:
     if result.get("description"):
         lines += [result["description"], ""]
     n_trials = len(result.get("seeds", []))
+    ev = (result.get("config") or {}).get("evaluation") or {}
+    probe = {"authors": "the authors' eval_linear.py protocol (augmented features every epoch, last epoch kept)",
+             "fast": "fast (cached centre-crop features)"}.get(ev.get("probe", "fast"), str(ev.get("probe")))
     lines += [f"Preset `{result.get('preset')}`, {n_trials} trial(s) (seeds {result.get('seeds')}), "
-              f"corruptencoder {result.get('version')}, {result.get('seconds', 0):.0f} s in this invocation.", ""]
+              f"corruptencoder {result.get('version')}, {result.get('seconds', 0):.0f} s in this invocation. "
+              f"Linear probe: {probe}.", ""]
     st = result.get("stages") or {}
     if st:
         lines += ["Stages this invocation: " + ", ".join(f"{k} {v['ran']} ran / {v['cached']} cached"
