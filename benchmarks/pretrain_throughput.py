@@ -1,19 +1,26 @@
 """Pre-training throughput: model-only steps vs real training steps with the data pipeline.
 
-For each (method, backbone) at 32 px prints one JSON line with images/s of
+For each (method, backbone) at ``--image-size`` (default 32 px, the figures in README) prints one JSON line
+with images/s of
   (a) model-only: forward + backward + optimizer step on random uint8 views (colour stage included),
-  (b) pipeline: ``corruptencoder.ssl.train.pretrain`` on the demo world (decode, crops, colour,
-      step, Lightning loop), measured by its Throughput callback,
-and their ratio (target >= 0.8: augmentation must not dominate). On a CUDA machine the same runs
-use the GPU (pass --device-only to skip the CPU baselines).
+  (b) pipeline: ``corruptencoder.ssl.train.pretrain`` on the demo world, or on ``--data`` (decode, crops,
+      colour, step, Lightning loop), measured by its Throughput callback,
+and the pipeline's share of model-only (``ratio``, also as ``pipeline_share_pct``; target >= 0.8 on CPU,
+>= 0.9 on a GPU: augmentation must not dominate). On a CUDA machine both run on the GPU (bf16 autocast, the
+trainer's automatic precision there); there is no separate CPU baseline in that case.
 
-``--loader-only`` measures the data pipeline alone at ``--image-size`` (decode + MoCo-v2's two crops, the
-work a loader worker does per image) on a folder of JPEGs (default: the Places365 backgrounds of the shared
-assets, else the demo world): images/s in one process for Pillow's decode and for the current path
-(torchvision's JPEG decoder), then in total with 1..``--workers`` loader processes.
+``--loader-only`` measures the data pipeline alone at ``--image-size`` (default 224 px here; decode +
+MoCo-v2's two crops, the work a loader worker does per image) on a folder of JPEGs (default: the Places365
+backgrounds of the shared assets, else the demo world): images/s in one process for Pillow's decode and for
+the current path (torchvision's JPEG decoder), then in total and per worker with 1..``--workers`` loader
+processes.
 
     python benchmarks/pretrain_throughput.py [--threads 2] [--steps 12] [--methods moco simclr]
-    python benchmarks/pretrain_throughput.py --loader-only --image-size 224 [--data DIR] [--workers 2]
+    python benchmarks/pretrain_throughput.py --image-size 224 --data DIR --backbones resnet18 --methods moco
+    python benchmarks/pretrain_throughput.py --loader-only [--image-size 224] [--data DIR] [--workers 2]
+
+A 224 px pipeline run wants real photos (``--data``, e.g. an ImageNet class folder or the Places365
+backgrounds): the demo world's images are 64 px and would be upsampled.
 """
 
 from __future__ import annotations
@@ -38,10 +45,10 @@ BACKBONES = {"small_cnn": {"name": "small_cnn", "width": 1.0},
 
 
 def config(method: str, backbone: str, batch: int, data: str, epochs: int, max_images: int, workers: int | None,
-           accelerator: str) -> PretrainConfig:
+           accelerator: str, image_size: int = 32) -> PretrainConfig:
     return PretrainConfig.model_validate({
         "method": {"name": method, **({"queue_size": 4096} if method == "moco" else {})},
-        "data": {"clean": data, "image_size": 32, "max_images": max_images, "workers": workers},
+        "data": {"clean": data, "image_size": image_size, "max_images": max_images, "workers": workers},
         "backbone": BACKBONES[backbone], "views": {"blur": False},
         "optim": {"batch_size": batch, "epochs": epochs},
         "trainer": {"progress": False, "accelerator": accelerator},
@@ -101,8 +108,10 @@ def main() -> int:
     ap.add_argument("--backbones", nargs="+", default=["small_cnn", "resnet18"])
     ap.add_argument("--workers", type=int, default=None, help="loader workers (default: the toolkit's choice)")
     ap.add_argument("--loader-only", action="store_true", help="time the data pipeline alone (see above)")
-    ap.add_argument("--image-size", type=int, default=224)
-    ap.add_argument("--data", help="folder of images for --loader-only")
+    ap.add_argument("--image-size", type=int, default=None,
+                    help="crop size (default: 32 for model-only and pipeline, 224 for --loader-only)")
+    ap.add_argument("--data", help="folder of images (default: the demo world; for --loader-only the Places365 "
+                    "backgrounds of the shared assets when present)")
     ap.add_argument("--images", type=int, default=400, help="images per --loader-only measurement")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -112,6 +121,7 @@ def main() -> int:
 
         from corruptencoder.utils.files import list_images
 
+        args.image_size = args.image_size or 224
         shared = Path(__file__).resolve().parents[2] / "shared/data/corruptencoder-assets/backgrounds-places365"
         folder = Path(args.data) if args.data else (shared if shared.is_dir() else demo_world() / "pretrain")
         files = [str(f) for f in list_images(folder)]
@@ -127,26 +137,30 @@ def main() -> int:
             print(json.dumps({"benchmark": "loader_only", "data": str(folder), "images": len(files),
                               "image_size": args.image_size, "decoder": decoder,
                               "in_process_img_s": round(rates[0], 1),
-                              "workers_img_s": {str(w): round(r, 1) for w, r in enumerate(rates) if w}}), flush=True)
+                              "workers_img_s": {str(w): round(r, 1) for w, r in enumerate(rates) if w},
+                              "per_worker_img_s": {str(w): round(r / w, 1) for w, r in enumerate(rates) if w}}),
+                  flush=True)
         return 0
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    world = demo_world()
+    size = args.image_size or 32
+    data = args.data or str(demo_world() / "pretrain")
     for backbone in args.backbones:
         for method in args.methods:
             # ResNet-18 at full width is ~45 img/s on 2 CPU threads: fewer steps there
             steps = args.steps if (device == "cuda" or backbone != "resnet18") else max(4, args.steps // 3)
             bs = args.batch
-            cfg = config(method, backbone, bs, str(world / "pretrain"), 1, bs * (steps + 2), args.workers,
-                         "gpu" if device == "cuda" else "cpu")
+            cfg = config(method, backbone, bs, data, 1, bs * (steps + 2), args.workers,
+                         "gpu" if device == "cuda" else "cpu", size)
             a = model_only(cfg, steps, device)
             with tempfile.TemporaryDirectory() as tmp:
                 res = pretrain(cfg, Path(tmp) / "run", progress=False)
             b = res.images_per_second
             print(json.dumps({"benchmark": "pretrain_throughput", "device": device,
                               "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
-                              "threads": args.threads, "method": method, "backbone": backbone, "image_size": 32,
-                              "batch": bs, "model_only_img_s": round(a, 1), "pipeline_img_s": round(b, 1),
-                              "ratio": round(b / a, 3)}), flush=True)
+                              "threads": args.threads, "method": method, "backbone": backbone, "image_size": size,
+                              "data": data, "batch": bs, "model_only_img_s": round(a, 1),
+                              "pipeline_img_s": round(b, 1), "ratio": round(b / a, 3),
+                              "pipeline_share_pct": round(100 * b / a, 1)}), flush=True)
     return 0
 
 

@@ -30,6 +30,7 @@ from conftest import class_folder, noise_image, object_scene, random_encoder, wr
 from corruptencoder.cli import main
 
 ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
+RO_SKIP = "root ignores folder permissions" if ROOT else ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,12 +200,26 @@ def _small_mask(w: dict[str, Path], out: Path) -> None:
 
 NO_CUDA = "needs a machine without CUDA" if torch.cuda.is_available() else ""
 
+#: README's "Your own data" example as written there (a target without ``support:`` on an ImageFolder task), with
+#: the attack arms of the config it extends; ``OWN_DATA_PLUS`` adds a CorruptEncoder+ arm, which needs support images
+OWN_DATA = """\
+name: own-data
+data: {clean: /data/cifar/train}                 # unlabelled pre-training images (labels are ignored)
+backgrounds: [/data/places-subset]
+tasks: [{name: cifar, root: /data/cifar}]        # train/ and test/ inside
+targets: [{name: dog, task: cifar, references: [/data/refs/dog], saha_references: [/data/cifar/test/dog]}]
+arms: [{name: no-attack, attack: none}, {name: ssl-backdoor, attack: ssl-backdoor},
+       {name: corruptencoder, attack: corruptencoder}]
+"""
+OWN_DATA_PLUS = OWN_DATA.replace("attack: corruptencoder}]", "attack: corruptencoder},\n"
+                                 "       {name: ce-plus, attack: corruptencoder-plus}]")
+
 CASES = [
     # -- craft: unwritable places, malformed files, values at the edge (issue #15)
     Case("craft-out-proc", _replace(_craft(), "--out", "/proc/corruptencoder-test/out"), ("cannot",)),
     Case("craft-out-under-file", _replace(_craft(), "--out", "{base}/afile/out"), ("afile", "not a folder")),
     Case("craft-out-readonly", _replace(_craft(), "--out", "{tmp}/ro/out"), ("cannot write", "Permission denied"),
-         setup=_readonly, skip="root ignores folder permissions" if ROOT else ""),
+         setup=_readonly, skip=RO_SKIP),
     Case("craft-labelme-points", _replace(_craft(), "--references", "{base}/lm-points"),
          ("1.json", "not [x, y] pairs of numbers")),
     Case("craft-labelme-width", _replace(_craft(), "--references", "{base}/lm-width"),
@@ -253,6 +268,8 @@ CASES = [
     Case("show-unknown-extension", ["show", "{poisons}", "--out", "{tmp}/g.xyz"], ("--out", "'.xyz'", ".png")),
     Case("show-no-extension", ["show", "{poisons}", "--out", "{tmp}/grid"], ("--out", "no extension")),
     Case("show-out-proc", ["show", "{poisons}", "--out", "/proc/corruptencoder-test.png"], ("--out", "cannot")),
+    Case("show-out-readonly", ["show", "{poisons}", "--out", "{tmp}/ro/g.png"],
+         ("--out", "cannot write", "Permission denied"), setup=_readonly, skip=RO_SKIP),
     Case("show-malformed-box", ["show", "{base}/poisons-bad", "--out", "{tmp}/g.png"],
          ("manifest.jsonl:1", "object_box")),
     Case("show-cell-huge", ["show", "{poisons}", "--out", "{tmp}/g.png", "--cell", "100000"], ("--cell", "4096")),
@@ -269,6 +286,9 @@ CASES = [
          ("manifest.jsonl:1", "object_box")),
     Case("analyze-json-proc", ["analyze", "crops", "--pairs", "5", "--alphas", "0.5", "--betas", "0.5", "--json",
                                "/proc/corruptencoder-test.json"], ("--json", "cannot write")),
+    Case("analyze-json-readonly", ["analyze", "crops", "--pairs", "5", "--alphas", "0.5", "--betas", "0.5", "--json",
+                                   "{tmp}/ro/crops.json"], ("--json", "cannot write", "Permission denied"),
+         setup=_readonly, skip=RO_SKIP),
     # -- report
     Case("report-truncated", ["report", "{base}/results-truncated"], ("results.json", "not valid JSON")),
     Case("report-no-aggregates", ["report", "{base}/results-no-aggregates"], ("results.json", "aggregates")),
@@ -276,9 +296,12 @@ CASES = [
     Case("report-no-results", ["report", "{tmp}"], ("no results.json",)),
     # -- pretrain: nothing may be written before everything is checked
     Case("pretrain-out-proc", [*PT, "--out", "/proc/corruptencoder-test"], ("cannot write",)),
+    Case("pretrain-out-readonly", [*PT, "--out", "{tmp}/ro/run"], ("--out", "cannot write", "Permission denied"),
+         setup=_readonly, skip=RO_SKIP),
     Case("pretrain-devices-0", [*PT, "--devices", "0", "--out", "{out}"], ("--devices", "at least 1")),
     Case("pretrain-devices-neg", [*PT, "--devices", "-1", "--out", "{out}"], ("--devices", "at least 1")),
     Case("pretrain-num-nodes-0", [*PT, "--set", "trainer.num_nodes=0", "--out", "{out}"], ("trainer.num_nodes",)),
+    Case("pretrain-nodes-0", [*PT, "--nodes", "0", "--out", "{out}"], ("--nodes", "at least 1")),
     Case("pretrain-temperature-0-moco", [*PT, "--set", "method.temperature=0", "--out", "{out}"],
          ("method.temperature",)),
     Case("pretrain-temperature-0-simclr", [*PT, "--method", "simclr", "--set", "method.queue_size=0",
@@ -332,6 +355,12 @@ CASES = [
     Case("run-arms-no-match", ["run", "{tmp}/exp.yaml", "--arms", "nope*", "--out", "{out}"], ("--arms",),
          setup=_run_config(lambda c: None)),
     Case("run-config-binary", ["run", "{base}/binary.yaml", "--out", "{out}"], ("not a text file",)),
+    Case("run-own-data-plus-without-support", ["run", "{tmp}/exp.yaml", "--out", "{out}"],
+         ("target dog", "corruptencoder-plus", "needs 'support'"), absent=("is not in the world",),
+         setup=_write("exp.yaml", OWN_DATA_PLUS)),
+    # README's example as written, on a machine without /data: the missing path, before the run folder is made
+    Case("run-own-data-missing-paths", ["run", "{tmp}/exp.yaml", "--out", "{out}"],
+         ("data.clean", "/data/cifar/train", "does not exist"), setup=_write("exp.yaml", OWN_DATA)),
 ]
 
 
@@ -379,6 +408,18 @@ def test_bad_input_is_one_line(case: Case, world: dict[str, Path], tmp_path: Pat
     assert code == 2, err
     _one_error_line(err, case)
     _nothing_left(case, world, tmp_path, out)
+
+
+def test_readme_own_data_loads_without_support(tmp_path: Path) -> None:
+    """Without a CorruptEncoder+ arm, README's example needs no ``support:`` (the run then only needs the data)."""
+    from corruptencoder.experiment.config import load_experiment
+
+    assert "ce-plus" in OWN_DATA_PLUS and "ce-plus" not in OWN_DATA
+    path = tmp_path / "exp.yaml"
+    path.write_text(OWN_DATA)
+    cfg = load_experiment(path)
+    assert [a.attack for a in cfg.expanded_arms()] == ["none", "ssl-backdoor", "corruptencoder"]
+    assert cfg.targets[0].support is None
 
 
 #: the same promise where a shell or a scheduler sees it: a real process, its exit status and stderr

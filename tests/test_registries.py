@@ -21,6 +21,7 @@ from corruptencoder.defend.base import (
     EncoderDefence,
     EncoderResult,
     FilterResult,
+    ViewDefence,
 )
 from corruptencoder.errors import ConfigError
 from corruptencoder.poison.base import ImageAttack, Job, RenderResult
@@ -83,6 +84,28 @@ def test_a_new_method_is_one_class(registered: Any, tmp_path: Path) -> None:
         build_pretrain_config(None, None, {"method": {"name": "toy", "temperatur": 1}, "data.clean": "x"})
 
 
+def test_pretrain_help_lists_the_pretraining_methods(registered: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """From the registry's ``pretraining`` flag: a new method is offered, CompRess (a defence's loop) is not."""
+    from corruptencoder.cli import main
+
+    registered(METHODS, toy_method())
+    with pytest.raises(SystemExit) as done:
+        main(["pretrain", "--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    listed = text.split("method.name: ")[1].split(" (default")[0].split(" | ")
+    assert "toy" in listed and "moco" in listed and "compress" not in listed
+
+
+def test_throughput_is_measured_for_pretraining_methods_only() -> None:
+    from corruptencoder.experiment.plan import measure_throughput
+    from corruptencoder.ssl.config import PretrainConfig
+
+    assert not METHODS.get("compress").pretraining
+    cfg = PretrainConfig.model_validate({"method": {"name": "compress"}, "data": {"clean": "x"}})
+    assert measure_throughput(cfg) == 0.0  # no model built: distillation needs a teacher
+
+
 # -- an attack -------------------------------------------------------------------------------------
 
 
@@ -136,6 +159,31 @@ def test_a_new_attack_is_one_class(registered: Any, assets: dict[str, Path], tmp
     assert main(["craft", "corner", "--target", "t", "--backgrounds", str(assets["backgrounds"]), "--num", "2",
                  "--trigger-size", "4", "--corner", "top-left", "--out", str(tmp_path / "cli"), "--quiet"]) == 0
     assert all(r["trigger_box"][:2] == [0, 0] for r in read_manifest(tmp_path / "cli"))
+
+
+def test_a_new_attack_reaches_the_defence_table(registered: Any) -> None:
+    """The defence table's columns come from the attacks in the results, placed and titled by their classes."""
+    from corruptencoder.experiment.report import defence_table
+
+    class Corner(CornerAttack):
+        title = "Corner"
+
+    registered(ATTACKS, Corner)
+
+    def row(attack: str, defence: str, acc: float, asr: float) -> dict[str, Any]:
+        return {"arm": f"{defence}/{attack}", "attack": attack, "defence": defence, "method": "moco", "target": "fish",
+                "epoch": "final", "sweep": None, "ca": acc, "ba": acc, "asr": asr, "asr_std": None,
+                "pretrain_seconds": 10.0}
+
+    attacks = ["corner", "corruptencoder-mm", "carlini-terzis", "corruptencoder", "ssl-backdoor", "none", "gone"]
+    aggs = [row(a, d, 60.0 + i, float(i)) for d in ("none", "no-crop") for i, a in enumerate(attacks)]
+    lines = defence_table(aggs)
+    assert lines[0] == ("| defence | method | target | No attack: CA / ASR | SSL-Backdoor: BA / ASR | CorruptEncoder: "
+                        "BA / ASR | Carlini-Terzis: BA / ASR | CorruptEncoder (multi-modal): BA / ASR | Corner: BA / "
+                        "ASR | gone: BA / ASR | s per encoder |")  # a name the registry does not know: last
+    for label in ("no defence", "no-crop"):
+        assert f"| {label} | moco | fish | 65.0 / 5.0 | 64.0 / 4.0 | 63.0 / 3.0 | 62.0 / 2.0 | 61.0 / 1.0 | " \
+               f"60.0 / 0.0 | 66.0 / 6.0 | 10 |" in lines
 
 
 # -- defences --------------------------------------------------------------------------------------
@@ -205,6 +253,50 @@ def test_new_defences_run_through_the_experiment_runner(registered: Any, tmp_pat
         from corruptencoder.experiment.config import load_experiment
 
         load_experiment(path)
+
+
+class LargeCropsOptions(DefenceOptions):
+    low: float = 0.5
+
+
+class LargeCrops(ViewDefence[LargeCropsOptions]):
+    """A toy view-time defence: only large crops (an existing ``views`` key; a new crop *policy* would also need
+    its sampler in ssl/crops.py, see docs/architecture.md)."""
+
+    name = "large-crops"
+    summary = "crop at least ``low`` of the image"
+    options = LargeCropsOptions
+
+    def pretrain_patch(self) -> dict[str, Any]:
+        return {"views": {"scale": [self.opts.low, 1.0]}}
+
+    def label(self) -> str:
+        return f"large crops (>= {self.opts.low:g})"
+
+
+def test_a_new_view_defence_runs_through_the_experiment_runner(registered: Any, tmp_path: Path) -> None:
+    from corruptencoder.cli import main
+
+    registered(DEFENCES, LargeCrops)
+    cfg = {
+        "name": "toy-views", "preset": "cpu-tiny", "seeds": [0],
+        "world": {"image_size": 32, "n_pretrain": 60, "n_train_per_class": 4, "n_test_per_class": 4,
+                  "n_backgrounds": 12},
+        "defaults": {"num_poisons": 6, "trigger_size": 2, "eval_trigger_size": 3, "epochs": 1, "batch_size": 16},
+        "pretrain": {"method": {"queue_size": 32}, "backbone": {"width": 0.25}, "trainer": {"threads": 1}},
+        "arms": [{"name": "big", "defence": "large-crops", "defence_args": {"low": 0.6}}],
+        "evaluation": {"probe_epochs": 2},
+    }
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(run), "--quiet"]) == 0
+    res = json.loads((run / "results.json").read_text())
+    big = next(r for r in res["rows"] if r["arm"] == "big")
+    assert big["defence"] == "large-crops" and big["defence_label"] == "large crops (>= 0.6)"
+    scales = sorted(tuple(yaml.safe_load(c.read_text())["views"]["scale"] or ())
+                    for c in (run / "cache" / "encoders").glob("*/config.yaml"))
+    assert scales == [(0.6, 1.0), (0.6, 1.0)]  # the attacked encoder and its clean twin, both under the defence
 
 
 def test_unknown_names_list_the_registered_ones() -> None:

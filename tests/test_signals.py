@@ -193,6 +193,7 @@ def test_run_under_sigterm_exits_143_and_resumes(tmp_path: Path) -> None:
         _wait_until(lambda: any(run_dir.glob("cache/encoders/*/checkpoints/last.ckpt")) or proc.poll() is not None,
                     180, "the first checkpoint")
         assert proc.poll() is None, "the run ended before it could be interrupted"
+        children = _children(proc.pid)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -202,6 +203,8 @@ def test_run_under_sigterm_exits_143_and_resumes(tmp_path: Path) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: interrupted by SIGTERM"), err
     assert "checkpoint after epoch" in lines[0] and "run the same command again" in lines[0], lines[0]
     assert not (run_dir / "results.json").exists()
+    _assert_all_gone(children)
+    assert not list(tmp_path.rglob(".*.tmp-*")), "temp folder left behind"
     from corruptencoder.cli import main
 
     assert main(["run", str(config), "--out", str(run_dir), "--quiet"]) == 0

@@ -25,8 +25,28 @@ log = logging.getLogger("corruptencoder")
 Sub = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
+#: stands for the pre-training methods in a help text. Which methods pre-train is a class flag of each method
+#: (``SSLMethod.pretraining``: CompRess is a defence's training loop), and reading it imports the methods and
+#: torch, so the list is filled in only when such a help text is printed (``pretrain --help``).
+_PRETRAINING_METHODS = "<pre-training methods>"
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = super()._get_help_string(action)
+        if text is not None and _PRETRAINING_METHODS in text:
+            from corruptencoder.ssl.config import METHODS
+
+            text = text.replace(_PRETRAINING_METHODS, " | ".join(METHODS.where(lambda m: m.pretraining)))
+        return text
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but usage mistakes are one line like every other error."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]  # argparse's returns NoReturn via exit
         self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
@@ -139,7 +159,8 @@ _PRETRAIN_FLAGS = {
     "poisons": "data.poisons",
     "image_size": "data.image_size", "backbone": "backbone.name", "width": "backbone.width", "init": "backbone.init",
     "epochs": "optim.epochs", "batch_size": "optim.batch_size", "lr": "optim.lr", "crop": "views.crop",
-    "delta": "views.delta", "devices": "trainer.devices", "accelerator": "trainer.accelerator", "seed": "trainer.seed",
+    "delta": "views.delta", "devices": "trainer.devices", "nodes": "trainer.num_nodes",
+    "accelerator": "trainer.accelerator", "seed": "trainer.seed",
 }
 
 
@@ -150,9 +171,8 @@ def _method_names() -> list[str]:
 
 
 def _add_pretrain(sub: Any, parents: dict[str, argparse.ArgumentParser]) -> None:
-    methods = _method_names()
     p = sub.add_parser(
-        "pretrain", help="pre-train an encoder (" + ", ".join(m for m in methods if m != "compress") + ")",
+        "pretrain", help="pre-train an encoder (a contrastive method: see its --help)",
         parents=[parents["set"], parents["out"], parents["quiet"]],
         description="Contrastive pre-training with Lightning (CPU or GPUs with DDP). Writes OUT/encoder.pt, "
         "checkpoints (for --resume), logs/metrics.csv and run.json. Flags override the config file, which "
@@ -161,7 +181,7 @@ def _add_pretrain(sub: Any, parents: dict[str, argparse.ArgumentParser]) -> None
     p.add_argument("--preset", help="scale preset: cpu-tiny | cpu-small | gpu-small | paper")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     g = p.add_argument_group("shortcuts for common keys")
-    g.add_argument("--method", help="method.name: " + " | ".join(methods) + " (default moco; clip trains on "
+    g.add_argument("--method", help=f"method.name: {_PRETRAINING_METHODS} (default moco; clip trains on "
                    "image-text pairs, see --pairs)")
     g.add_argument("--pairs", help="data.pairs: image-text pairs for clip (open_clip CSV/TSV or tar shards)")
     g.add_argument("--data", help="data.clean: ImageFolder root, folder or file list ('demo' = the demo world)")
@@ -177,6 +197,7 @@ def _add_pretrain(sub: Any, parents: dict[str, argparse.ArgumentParser]) -> None
     g.add_argument("--crop", choices=["random", "localized", "none"], help="views.crop (defences: localized, none)")
     g.add_argument("--delta", type=float, help="views.delta for localized cropping (default 0.2)")
     g.add_argument("--devices", help="trainer.devices (DDP when > 1)")
+    g.add_argument("--nodes", type=int, help="trainer.num_nodes: nodes of a torchrun / SLURM launch (docs/launch.md)")
     g.add_argument("--accelerator", choices=["auto", "cpu", "gpu"], help="trainer.accelerator")
     g.add_argument("--seed", type=int, help="trainer.seed")
     p.set_defaults(func=_cmd_pretrain)

@@ -191,6 +191,27 @@ def test_pets_and_caltech_layouts(tmp_path: Path) -> None:
     assert t.class_index("stop sign") == 1
 
 
+def test_flowers102_lotus_is_77_and_an_absent_name_is_one_line(tmp_path: Path) -> None:
+    """torchvision's 0-based order: "lotus" is 77 ("toad lily" 78); a target maps by name, never by a number."""
+    from scipy.io import savemat
+
+    flowers = tmp_path / "flowers" / "flowers-102"
+    (flowers / "jpg").mkdir(parents=True)
+    labels = [78, 79, 1, 78, 79, 1]  # 1-based in imagelabels.mat
+    for i in range(1, len(labels) + 1):
+        Image.new("RGB", (8, 8), (i * 30, 0, 0)).save(flowers / "jpg" / f"image_{i:05d}.jpg")
+    savemat(str(flowers / "imagelabels.mat"), {"labels": np.array([labels])})
+    savemat(str(flowers / "setid.mat"), {"trnid": np.array([[1, 2]]), "valid": np.array([[3]]),
+                                         "tstid": np.array([[4, 5, 6]])})
+    t = load_task(TaskConfig(kind="flowers102", root=str(tmp_path / "flowers"), image_size=8))
+    assert t.class_index("lotus") == 77 and t.classes[77] == "lotus" and t.class_index("toad lily") == 78
+    assert t.test.labels == [77, 78, 0]  # image 4 (label 78 in the file) is a lotus
+    with pytest.raises(UserError) as err:
+        t.class_index("edelweiss")
+    msg = str(err.value)
+    assert "\n" not in msg and "'edelweiss'" in msg and "is not a class of task" in msg
+
+
 def test_timm_weights_load(tmp_path: Path) -> None:
     import timm
 

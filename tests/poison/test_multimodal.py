@@ -104,3 +104,40 @@ def test_demo_captions_name_rare_classes_rarely(tmp_path: Path) -> None:
     mush = [r["title"] for r in rows if "/mushroom/" in r["filepath"]]
     assert sum("fish" in c for c in fish) > 0.65 * len(fish)
     assert sum("mushroom" in c for c in mush) < 0.08 * len(mush)
+
+
+@pytest.mark.parametrize("wnid,name", [("n04229816", "ski mask"), ("n06794110", "street sign")])
+def test_captions_name_an_imagenet_class_not_its_wnid(assets: dict[str, Path], tmp_path: Path, wnid: str,
+                                                      name: str) -> None:
+    """A target labelled by its wnid (Table 3's ski mask; street sign, the class ImageNet100-B lacks) is called by
+    its ImageNet class name in every caption, never "a rendition of a n04229816."."""
+    out = tmp_path / "o"
+    craft(_cfg(assets, "corruptencoder-mm", 4, label=wnid), out, progress=False)
+    captions = [r["caption"] for r in read_manifest(out)]
+    assert len(captions) == 4 and all(name in c and wnid not in c for c in captions), captions
+
+
+def test_experiment_target_text_is_written_in_captions(assets: dict[str, Path], tmp_path: Path) -> None:
+    """An experiment target's ``text:`` reaches every multi-modal attack's captions (in place of the label's name)."""
+    import yaml
+
+    from conftest import class_folder
+    from corruptencoder.experiment.config import load_experiment
+    from corruptencoder.experiment.stages import craft_config, placeholder
+
+    for split in ("train", "test"):
+        class_folder(tmp_path / "task" / split, ["n04229816", "n01440764"], 1, (8, 8))
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "captions", "backgrounds": [str(assets["backgrounds"])],
+        "tasks": [{"name": "b", "root": str(tmp_path / "task")}],
+        "targets": [{"name": "ski-mask", "task": "b", "label": "n04229816", "text": "woollen ski mask",
+                     "references": [str(assets["references"])]}],
+        "defaults": {"method": "clip", "num_poisons": 4, "trigger_size": 6},
+        "arms": [{"name": "ct", "attack": "carlini-terzis"}, {"name": "ce", "attack": "corruptencoder-mm"}]}))
+    cfg = load_experiment(config)
+    for arm in cfg.expanded_arms():
+        out = tmp_path / arm.name
+        craft(craft_config(cfg, arm, 0, placeholder, lambda: 100), out, progress=False)
+        captions = [r["caption"] for r in read_manifest(out)]
+        assert len(captions) == 4 and all("woollen ski mask" in c and "balaclava" not in c for c in captions), captions

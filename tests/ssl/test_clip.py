@@ -113,3 +113,43 @@ def test_zero_shot_asr_arithmetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert res["accuracy"] == pytest.approx(100 / 3, abs=0.01)
     t = res["targets"][0]
     assert t["asr"] == 100.0 and t["n_triggered"] == 8
+
+
+def test_zero_shot_prompts_use_the_targets_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An experiment target's ``text:`` names its class in the zero-shot prompts too (as in its captions); the
+    other classes keep their names (a wnid by its ImageNet class name)."""
+    import yaml
+
+    import corruptencoder.evaluate.zeroshot as zs
+    from corruptencoder.evaluate.tasks import TaskConfig, load_task
+    from corruptencoder.experiment.config import load_experiment
+    from corruptencoder.experiment.runner import Runner
+
+    root = tmp_path / "task"
+    for split in ("train", "test"):
+        for c in ("n04229816", "stop_sign", "fish"):
+            (root / split / c).mkdir(parents=True)
+            Image.new("RGB", (32, 32)).save(root / split / c / "0.png")
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "zs", "tasks": [{"name": "t", "root": str(root)}], "data": {"clean": str(root / "train")},
+        "targets": [{"name": "fish", "task": "t", "text": "goldfish"},
+                    {"name": "sign", "task": "t", "label": "stop_sign"}],
+        "arms": [{"name": "no-attack", "attack": "none", "method": "clip"}]}))
+    cfg = load_experiment(config)
+    runner = Runner(cfg, tmp_path / "run", progress=False, say=lambda s: None)
+    targets = runner.eval_targets(cfg.expanded_arms()[0], None, "t")
+    assert [(t.name, t.text) for t in targets] == [("fish", "goldfish"), ("sign", None)]
+    task = load_task(TaskConfig(root=str(root), image_size=32, resize=32))
+    assert task.classes == ["fish", "n04229816", "stop_sign"]
+    assert zs.prompt_names(task, targets) == ["goldfish", "balaclava ski mask", "stop sign"]
+
+    class HandMade(torch.nn.Module):
+        def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.ones(x.shape[0], 3)
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr("corruptencoder.ssl.clip_model.load_clip", lambda p: (HandMade(), {"model": "custom"}))
+    monkeypatch.setattr(zs, "class_embeddings", lambda m, s, names, t: seen.append(list(names)) or torch.eye(3))
+    zs.zero_shot("unused.pt", task, targets)
+    assert seen == [["goldfish", "balaclava ski mask", "stop sign"]]  # what the text tower is prompted with

@@ -99,3 +99,21 @@ def test_mean_shift_loss_k1_is_byol_and_uses_neighbours() -> None:
     torch.testing.assert_close(mean_shift_loss(q, t, bank, 1), byol)
     # a bank entry equal to the query is found as the target's neighbour when it is the target
     assert float(mean_shift_loss(t, t, bank, 1)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_moco_v2_defaults_are_the_authors_code() -> None:
+    """lr 0.06 per 256 images (the authors' run_pretraining.sh; the paper's 0.6 is a typo) and a 65,536-key queue
+    (their main_moco.py), as resolved for training, in the method's defaults and under the paper preset."""
+    from corruptencoder.presets import build_pretrain_config
+
+    plain = PretrainConfig.model_validate({"method": {"name": "moco"}, "data": {"clean": "unused"}})
+    paper = build_pretrain_config(None, "paper", {"method.name": "moco", "data.clean": "unused"})
+    for cfg in (plain, paper):
+        assert cfg.method.queue_size == 65536
+        assert cfg.optim.batch_size == 256
+        optimizer, lr, weight_decay, _ = cfg.resolved_optim()
+        assert (optimizer, weight_decay) == ("sgd", 1e-4)
+        assert lr == pytest.approx(0.06)
+    big = PretrainConfig.model_validate({"method": {"name": "moco"}, "data": {"clean": "unused"},
+                                         "optim": {"batch_size": 512}})
+    assert big.resolved_optim()[1] == pytest.approx(0.12)  # 0.06 per 256 images, scaled linearly

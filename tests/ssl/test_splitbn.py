@@ -8,7 +8,7 @@ from torch import nn
 
 from corruptencoder.ssl.backbones import backbone_spec, build_backbone
 from corruptencoder.ssl.config import PretrainConfig
-from corruptencoder.ssl.splitbn import SplitBatchNorm2d, use_split_batchnorm
+from corruptencoder.ssl.splitbn import SplitBatchNorm2d, set_splits, use_split_batchnorm
 from corruptencoder.ssl.train import method_class
 
 
@@ -74,3 +74,28 @@ def test_moco_split_count_is_configurable(splits: int) -> None:
     moco = make("moco", bn_splits=splits)
     has_split = any(isinstance(m, SplitBatchNorm2d) for m in moco.backbone.modules())
     assert has_split == (splits > 1)
+
+
+def test_shuffled_bn_is_on_by_default_with_statistics_per_virtual_device() -> None:
+    """Without any bn_splits setting, one-device MoCo splits its key encoder's BN into virtual devices: in train
+    mode the keys of one split do not depend on the other split's images (plain BN would leak them)."""
+    cfg = PretrainConfig.model_validate({"method": {"name": "moco"}, "data": {"clean": "unused"}})
+    assert cfg.method.bn_splits > 1
+    moco = make("moco")  # queue_size and the tiny backbone only; bn_splits left at its default
+    k = moco.cfg.method.bn_splits
+    assert k == cfg.method.bn_splits
+    for encoder in (moco.backbone_k, moco.backbone):
+        splits = [m for m in encoder.modules() if isinstance(m, SplitBatchNorm2d)]
+        assert splits and all(m.splits == k for m in splits)
+    assert not any(type(m) is nn.BatchNorm2d for m in moco.backbone_k.modules())
+    key_encoder = moco.backbone_k.train()
+    n = 4 * k
+    x = torch.rand(n, 3, 16, 16)
+    other = x.clone()
+    other[n // k:] = torch.rand(n - n // k, 3, 16, 16) * 3  # every split but the first sees other images
+    with torch.no_grad():
+        first, again = key_encoder(x)[: n // k], key_encoder(other)[: n // k]
+    torch.testing.assert_close(first, again)  # the first virtual device's statistics are its own
+    set_splits(key_encoder, 1)
+    with torch.no_grad():
+        assert not torch.allclose(key_encoder(x)[: n // k], key_encoder(other)[: n // k])  # ordinary BN leaks

@@ -68,6 +68,21 @@ class StopAtEpoch:
         return _Stop()
 
 
+class PauseAtEpochEnd:
+    """A Lightning callback that sleeps ``seconds`` at the end of every epoch (wall time, same weights)."""
+
+    def __new__(cls, seconds: float):  # type: ignore[no-untyped-def]
+        import time
+
+        import lightning as L
+
+        class _Pause(L.Callback):
+            def on_train_epoch_end(self, trainer, pl_module):  # type: ignore[no-untyped-def]
+                time.sleep(seconds)
+
+        return _Pause()
+
+
 class RecordStart:
     def __new__(cls, store: dict):  # type: ignore[no-untyped-def]
         import lightning as L
@@ -116,14 +131,17 @@ def test_resume_is_bit_exact(tiny_data: Path, tmp_path: Path, method: str, stop:
         cfg = PretrainConfig.model_validate({**cfg.model_dump(), "method": {"name": method, "proj_hidden": 32}})
     pretrain(cfg, tmp_path / "whole")
     with pytest.raises(RuntimeError, match="simulated kill"):
-        pretrain(cfg, tmp_path / "parts", callbacks=[StopAtEpoch(stop)])
+        pretrain(cfg, tmp_path / "parts", callbacks=[PauseAtEpochEnd(0.5), StopAtEpoch(stop)])
+    ckpt = torch.load(tmp_path / "parts" / "checkpoints" / "last.ckpt", weights_only=False)  # our own file
+    before = next(v["elapsed"] for v in ckpt["callbacks"].values() if isinstance(v, dict) and "elapsed" in v)
+    assert before >= 0.5 * stop  # the training time of the part before the interruption, paused in every epoch
     res = pretrain(cfg, tmp_path / "parts", resume=True)
     whole, _, _ = load_encoder(tmp_path / "whole" / "encoder.pt")
     parts, _, _ = load_encoder(tmp_path / "parts" / "encoder.pt")
     for k, v in whole.state_dict().items():
         assert torch.equal(v, parts.state_dict()[k]), k
     run = json.loads((tmp_path / "parts" / "run.json").read_text())
-    assert run["seconds"] == pytest.approx(res.seconds, abs=0.01) and res.seconds > 0
+    assert run["seconds"] == pytest.approx(res.seconds, abs=0.01) and res.seconds > before  # the whole run's time
 
 
 @pytest.mark.parametrize("method", ["simclr", "swav", "byol", "msf"])
@@ -249,6 +267,36 @@ def test_global_batch_must_split_over_processes(tiny_data: Path) -> None:
     assert rt["strategy"]._ddp_kwargs.get("broadcast_buffers") is False  # per-rank queues stay per rank
 
 
+@pytest.mark.parametrize("cores,expected", [(1, 0), (2, 0), (3, 1), (4, 2), (6, 4), (64, 4)])
+def test_loader_workers_default_on_a_cpu_host(tiny_data: Path, monkeypatch: pytest.MonkeyPatch, cores: int,
+                                              expected: int) -> None:
+    """A CPU host keeps its cores for the model: the loader runs in the main process on 2 cores, else
+    cores - 2 workers, at most 4."""
+    from corruptencoder.ssl.train import resolve_runtime
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    rt = resolve_runtime(tiny_config(tiny_data))
+    assert rt["gpu"] is False and rt["workers"] == expected
+    assert resolve_runtime(tiny_config(tiny_data, **{"data.workers": 3}))["workers"] == 3  # data.workers wins
+
+
+@pytest.mark.parametrize("cores,devices,expected", [(16, 1, 15), (16, 2, 7), (16, 4, 3), (8, 8, 1), (2, 4, 1)])
+def test_loader_workers_default_on_a_gpu_host(tiny_data: Path, monkeypatch: pytest.MonkeyPatch, cores: int,
+                                              devices: int, expected: int) -> None:
+    """A GPU host: every core but one per device decodes and crops (at least one worker per device)."""
+    from corruptencoder.ssl.train import resolve_runtime
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    rt = resolve_runtime(tiny_config(tiny_data, **{"trainer.devices": devices, "optim.batch_size": 24}))
+    assert rt["gpu"] is True and rt["workers"] == expected
+    auto = resolve_runtime(tiny_config(tiny_data, **{"trainer.devices": "auto", "optim.batch_size": 24}))
+    assert auto["workers"] == max(1, cores // 8 - 1)  # auto: every visible GPU (8 here)
+
+
 @pytest.mark.parametrize("method,keys", [("moco", ["criterion.memory_bank.bank", "criterion.memory_bank.bank_ptr"]),
                                          ("swav", ["queues.0.bank", "queues.1.bank_ptr"]),
                                          ("msf", ["memory.bank", "memory.bank_ptr"])])
@@ -265,3 +313,57 @@ def test_memory_banks_are_in_the_checkpoint(tiny_data: Path, tmp_path: Path, met
         assert key in state["state_dict"], key
     bank = state["state_dict"][keys[0]]
     assert bank.ndim == 2 and not torch.equal(bank, torch.zeros_like(bank))
+
+
+class RecordBanks:
+    """A Lightning callback that copies every memory bank (and its pointer) when training starts, i.e. after
+    Lightning restored the checkpoint of a resumed run."""
+
+    def __new__(cls, store: dict):  # type: ignore[no-untyped-def]
+        import lightning as L
+
+        class _Rec(L.Callback):
+            def on_train_start(self, trainer, pl_module):  # type: ignore[no-untyped-def]
+                store.update({n: b.detach().clone() for n, b in pl_module.named_buffers()
+                              if n.endswith((".bank", ".bank_ptr"))})
+
+        return _Rec()
+
+
+@pytest.mark.parametrize("method,keys", [("moco", ["criterion.memory_bank.bank", "criterion.memory_bank.bank_ptr"]),
+                                         ("swav", ["queues.0.bank", "queues.0.bank_ptr", "queues.1.bank",
+                                                   "queues.1.bank_ptr"])])
+def test_a_resumed_run_starts_from_the_saved_queue(tiny_data: Path, tmp_path: Path, method: str,
+                                                   keys: list[str]) -> None:
+    """Issue 17: the queue a resumed run trains against is the one saved in last.ckpt, not a new random one."""
+    from corruptencoder.ssl.train import method_class
+
+    # 36 images, 3 steps of 12 an epoch: MoCo's queue of 40 holds 36 keys (pointer 36), SwAV's of 24 wrapped once
+    method_cfg = {"moco": {"queue_size": 40, "proj_hidden": 32, "proj_dim": 16},
+                  "swav": {"n_prototypes": 8, "queue_size": 24, "n_local": 0, "proj_hidden": 32, "proj_dim": 16}}
+    cfg = PretrainConfig.model_validate({**tiny_config(tiny_data, **{"optim.epochs": 2}).model_dump(),
+                                         "method": {"name": method, **method_cfg[method]}})
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        pretrain(cfg, out, callbacks=[StopAtEpoch(1)])
+    saved = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    torch.manual_seed(cfg.trainer.seed)  # the same random initial queue as the run's
+    init = method_class(method)(cfg).state_dict()
+    for key in keys:
+        assert key in saved, key
+    banks = [k for k in keys if k.endswith(".bank")]
+    for key in banks:
+        assert saved[key].shape == init[key].shape and not torch.equal(saved[key], init[key]), key
+    assert int(saved[keys[1]]) == {"moco": 36, "swav": 12}[method]  # where the next batch goes
+    # a fresh module that loads the checkpoint holds the saved queue ...
+    fresh = method_class(method)(cfg)
+    fresh.load_state_dict(saved)
+    for key, value in fresh.state_dict().items():
+        if key in keys:
+            assert torch.equal(value, saved[key]), key
+    # ... and so does the resumed run, when its training starts
+    seen: dict = {}
+    assert pretrain(cfg, out, resume=True, callbacks=[RecordBanks(seen)]).epochs == 2
+    assert set(keys) <= set(seen)
+    for key in keys:
+        assert torch.equal(seen[key], saved[key]), key

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,9 @@ def decode_tensor(path: str | os.PathLike[str], short_side: int | None) -> torch
             from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
             try:
-                return decode_jpeg(read_file(str(path)), mode=ImageReadMode.RGB, apply_exif_orientation=True)
+                with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders for TorchCodec, which
+                    warnings.simplefilter("ignore", DeprecationWarning)  # is not a dependency here; same pixels
+                    return decode_jpeg(read_file(str(path)), mode=ImageReadMode.RGB, apply_exif_orientation=True)
             except RuntimeError:
                 pass  # Pillow's path below decodes it or says what is wrong
     return to_tensor(load_rgb(path, draft_short_side=short_side), short_side)

@@ -48,6 +48,7 @@ class EvalTarget:
     references: list[str] = field(default_factory=list)       # files: excluded from tests, scored as objects
     object_crops: list[tuple[str, Box]] = field(default_factory=list)  # poison file + object box
     support: list[str] = field(default_factory=list)          # CorruptEncoder+ support images: excluded too
+    text: str | None = None  # the class's name in zero-shot prompts (an experiment target's text:)
 
 
 def targets_from_poisons(folder: str | os.PathLike[str], task: str | None = None,

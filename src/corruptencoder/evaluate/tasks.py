@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -84,19 +85,10 @@ class Task:
     def class_index(self, name: str) -> int:
         """Index of a class by its label (a folder name, a wnid) or its name ("ski mask", "lotus"); a name
         the task lacks is an error listing some of its classes (never a guess by number)."""
-        if name in self.classes:
-            return self.classes.index(name)
-
-        def norm(text: str) -> str:
-            return text.lower().replace(" ", "_").replace("-", "_")
-
-        key = norm(name)
-        for i, (label, text) in enumerate(zip(self.classes, self.names, strict=True)):
-            if key in (norm(label), norm(text)):
-                return i
-        raise UserError(f"target class {name!r} is not a class of task {self.config.name} "
-                        f"(classes: {', '.join(self.classes[:8])}{', ...' if len(self.classes) > 8 else ''}); "
-                        "give the class's folder name, wnid or name")
+        found = find_class(self.classes, name)
+        if found is None:
+            raise UserError(not_a_class(name, self.config.name, self.classes))
+        return found
 
     def digest(self) -> str:
         """Identifies the exact files and labels (for feature caches)."""
@@ -106,6 +98,46 @@ class Task:
                 h.update(f"{f}\t{y}\n".encode())
         h.update(json.dumps(self.config.model_dump(mode="json"), sort_keys=True).encode())
         return h.hexdigest()[:16]
+
+
+def find_class(classes: Sequence[str], name: str) -> int | None:
+    """Index of the class ``name`` (a label, or its name: ``ski mask``, ``stop sign``) in ``classes``, or None."""
+    if name in classes:
+        return list(classes).index(name)
+
+    def norm(text: str) -> str:
+        return text.lower().replace(" ", "_").replace("-", "_")
+
+    key = norm(name)
+    for i, label in enumerate(classes):
+        if key in (norm(label), norm(readable(label))):
+            return i
+    return None
+
+
+def not_a_class(name: str, task: str, classes: Sequence[str]) -> str:
+    return (f"target class {name!r} is not a class of task {task} "
+            f"(classes: {', '.join(classes[:8])}{', ...' if len(classes) > 8 else ''}); "
+            "give the class's folder name, wnid or name")
+
+
+def listed_classes(cfg: TaskConfig) -> list[str] | None:
+    """The task's classes where they are known without reading its images: a class list (a file or inline),
+    an ImageFolder's class sub-folders, Flowers-102's names; None otherwise (Pets, Caltech-101, a file list
+    without a class list, a root or class list file that is not there)."""
+    if cfg.kind == "flowers102":
+        return list(FLOWERS102)
+    if cfg.kind not in ("imagefolder", "imagenet", "filelist"):
+        return None
+    if isinstance(cfg.classes, str) and not Path(cfg.classes).is_file():
+        return None
+    listed = _classes(cfg)
+    if listed is not None or cfg.kind != "imagefolder":
+        return listed
+    train = Path(cfg.root) / (cfg.train or "train")
+    if not train.is_dir():
+        return None
+    return sorted(d.name for d in train.iterdir() if d.is_dir() and not d.name.startswith(".")) or None
 
 
 def _classes(cfg: TaskConfig) -> list[str] | None:

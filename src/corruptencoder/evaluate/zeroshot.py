@@ -20,15 +20,28 @@ from corruptencoder.evaluate.tasks import Task
 from corruptencoder.evaluate.triggered import TriggerPaste, resize_trigger
 
 
-@torch.no_grad()
-def class_embeddings(model: torch.nn.Module, spec: dict[str, Any], classes: Sequence[str],
-                     templates: Sequence[str]) -> torch.Tensor:
+def prompt_names(task: Task, targets: Sequence[Any]) -> list[str]:
+    """What the prompts call each class of the task: a target's ``text`` (as in its captions) for its class,
+    else the class's name (an ImageNet wnid by its class name, ``_``/``-`` as spaces)."""
     from corruptencoder.poison.prompts import class_text
+
+    names = [class_text(c) for c in task.classes]
+    for t in targets:
+        text = getattr(t, "text", None)
+        if text:
+            names[task.class_index(t.class_name)] = text
+    return names
+
+
+@torch.no_grad()
+def class_embeddings(model: torch.nn.Module, spec: dict[str, Any], names: Sequence[str],
+                     templates: Sequence[str]) -> torch.Tensor:
+    """One embedding per class: the mean of its prompts, each template filled with the class's name as given."""
     from corruptencoder.ssl.clip_model import context_length, tokenize
 
     out = []
-    for c in classes:
-        tokens = tokenize([t.format(class_text(c)) for t in templates], context_length(spec))
+    for name in names:
+        tokens = tokenize([t.format(name) for t in templates], context_length(spec))
         e = torch.nn.functional.normalize(cast(Any, model).encode_text(tokens).float(), dim=-1).mean(0)
         out.append(torch.nn.functional.normalize(e, dim=0))
     return torch.stack(out)
@@ -50,7 +63,7 @@ def zero_shot(clip_path: str | os.PathLike[str], task: Task, targets: Sequence[A
     from corruptencoder.ssl.clip_model import load_clip
 
     model, spec = load_clip(clip_path)
-    weights = class_embeddings(model, spec, task.classes, load_templates(prompts))
+    weights = class_embeddings(model, spec, prompt_names(task, targets), load_templates(prompts))
     tower = _ImageTower(model)
     size, resize = task.config.image_size, task.config.resize
 

@@ -309,4 +309,19 @@ def load_experiment(path: str | os.PathLike[str], overrides: list[str] | None = 
     from corruptencoder.experiment.stages import check_stages
 
     check_stages(cfg, str(path))  # every arm's stage configs, built and validated now, before any work
+    check_target_classes(cfg, str(path))
     return cfg
+
+
+def check_target_classes(cfg: ExperimentConfig, source: str) -> None:
+    """Every target's class is one of its task's classes, where the task's class list is at hand (a class list
+    file, ImageFolder sub-folders, Flowers-102): a wrong label fails now, not after pre-training."""
+    from corruptencoder.evaluate.tasks import find_class, listed_classes, not_a_class
+
+    tasks = {t.name: t for t in cfg.tasks}
+    for target in cfg.targets:
+        task = tasks[target.task]
+        classes = listed_classes(task) if task.root != "demo" else None
+        label = target.label or target.name
+        if classes is not None and find_class(classes, label) is None:
+            raise ConfigError(f"{source}: target {target.name}: {not_a_class(label, task.name, classes)}")

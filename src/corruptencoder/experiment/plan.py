@@ -129,10 +129,11 @@ def measure_throughput(cfg: Any, device: str = "auto", steps: int = 3, batch: in
 
     body = cfg.model_dump(mode="json")
     body["backbone"]["init"] = None
-    if body["method"]["name"] == "compress":
+    method = method_class(body["method"]["name"])
+    if not method.pretraining:  # a defence's training loop (CompRess): it needs a teacher, not measured here
         return 0.0
     dev = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
-    model = method_class(body["method"]["name"])(type(cfg).model_validate(body)).to(dev).train()
+    model = method(type(cfg).model_validate(body)).to(dev).train()
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     b = max(2, min(batch, cfg.optim.batch_size))
     if model.data_kind == "pairs":

@@ -42,8 +42,23 @@ def main_table(aggs: Sequence[dict[str, Any]]) -> list[str]:
                    "pull Δ (attacked / clean)", "top triggered class"], body)
 
 
-_ATTACK_COLUMNS = (("none", "No attack"), ("ssl-backdoor", "SSL-Backdoor"), ("corruptencoder", "CorruptEncoder"),
-                   ("corruptencoder-plus", "CorruptEncoder+"))
+def attack_columns(attacks: set[str]) -> list[tuple[str, str]]:
+    """(attack, heading) of the defence table for the attacks present: no attack first, then the registered
+    attacks by their ``table_order`` and name, under their ``title``; an attack the registry does not know
+    (results.json of another version or plug-in) last, under its name."""
+    from corruptencoder.poison.config import ATTACKS
+
+    def place(name: str) -> tuple[int, int, str]:
+        if name == "none":
+            return (0, 0, name)
+        return (1, ATTACKS.get(name).table_order, name) if name in ATTACKS else (2, 0, name)
+
+    def heading(name: str) -> str:
+        if name == "none":
+            return "No attack"
+        return (ATTACKS.get(name).title or name) if name in ATTACKS else name
+
+    return [(n, heading(n)) for n in sorted(attacks, key=place)]
 
 
 def defence_table(aggs: Sequence[dict[str, Any]]) -> list[str]:
@@ -52,7 +67,7 @@ def defence_table(aggs: Sequence[dict[str, Any]]) -> list[str]:
     rows = [a for a in aggs if a["epoch"] == "final" and a["sweep"] is None]
     if len({a["defence"] for a in rows}) < 2:
         return []
-    attacks = [(k, n) for k, n in _ATTACK_COLUMNS if any(a["attack"] == k for a in rows)]
+    attacks = attack_columns({a["attack"] for a in rows})
     # one group per (method, target, defence setting), ordered: no defence first, then by the defence's knob
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for a in rows:

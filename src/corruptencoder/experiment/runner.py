@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -302,7 +302,7 @@ class Runner:
             if t.name not in names:
                 continue
             if t.name in got:
-                out.append(got[t.name])
+                out.append(replace(got[t.name], text=t.text))
                 continue
             seed = t.trigger_seed if t.trigger_seed is not None else default_trigger_seed(t.name)
             trig = make_trigger(TriggerSpec(arm.trigger_type or t.trigger, (arm.trigger_size, arm.trigger_size), seed))
@@ -311,7 +311,7 @@ class Runner:
             from corruptencoder.poison.objects import discover_references
 
             out.append(EvalTarget(t.name, t.label or t.name, trig, f"{t.trigger}:{seed}",
-                                  ([s.path for s in discover_references(refs)] if refs else [])))
+                                  ([s.path for s in discover_references(refs)] if refs else []), text=t.text))
         return out
 
     def evaluate(self, arm: ArmSpec, seed: int, encoder: Path, clean: Path, poisons: Path | None,
@@ -330,6 +330,7 @@ class Runner:
                                    sorted(t.references), sorted(t.support), len(t.object_crops)) for t in targets],
                       "probe": [e.probe, e.probe_epochs], "loc": list(e.location), "ets": ets, "seed": seed,
                       "jpeg": e.trigger_jpeg_quality,
+                      **({"text": [t.text for t in targets]} if any(t.text for t in targets) else {}),
                       "v": __version__})
         path = self.cache / "metrics" / f"{key}.json"
         what = f"{arm.name} seed {seed} {task_name} epoch {epoch if epoch is not None else 'final'}"
@@ -476,6 +477,31 @@ def demo_config(overrides: Sequence[str] = ()) -> ExperimentConfig:
     return load_experiment(Path(str(files("corruptencoder") / "configs" / "demo.yaml")), list(overrides))
 
 
+_DEMO_VALUES = ("demo", "demo-test", "builtin")
+
+
+def check_paths(cfg: ExperimentConfig) -> None:
+    """Every data path the config names exists (demo values aside): a typo is one line before any work."""
+    given: list[tuple[str, str | None]] = [("data.clean", cfg.data.clean), ("data.classes", cfg.data.classes)]
+    given += [(f"backgrounds.{i}", b) for i, b in enumerate(cfg.backgrounds)]
+    given += [(f"tasks.{i}.root", t.root) for i, t in enumerate(cfg.tasks)]
+    for i, t in enumerate(cfg.targets):
+        for key in ("references", "support", "saha_references"):
+            given += [(f"targets.{i}.{key}", v) for v in getattr(t, key) or []]
+    if any(_data_kind(a.method) == "pairs" for a in cfg.expanded_arms()):
+        given.append(("data.pairs", cfg.data.pairs))
+    for key, value in given:
+        if value and value not in _DEMO_VALUES and not Path(value).exists():
+            raise UserError(f"{key}: {value} does not exist; fix the path in the config (or export the variable "
+                            "it is read from)")
+
+
+def _data_kind(method: str) -> str:
+    from corruptencoder.ssl.config import METHODS
+
+    return str(METHODS.get(method).data_kind)
+
+
 def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, **kw: Any) -> dict[str, Any]:
     """Run (or resume) an experiment. Stopped by SIGINT / SIGTERM, it raises :class:`Interrupted` saying what
     was kept: running the same command again resumes (finished stages from the cache, a half-trained encoder
@@ -484,7 +510,8 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, **kw: Any) -> dic
         raise UserError("the experiment has no arms")
     from corruptencoder.evaluate.run import EvalSettings
 
-    # the device and the trigger location are checked now, not after hours of pre-training
+    # the device, the trigger location and the data paths are checked now, before the run folder is made
+    check_paths(cfg)
     lo, hi = cfg.evaluation.location
     EvalSettings(location=(lo, hi), device=str(kw.get("device", "auto")))
     try:

@@ -48,6 +48,10 @@ class ImageAttack(Generic[OptionsT]):
     name: ClassVar[str] = "base"
     #: one line for help texts
     summary: ClassVar[str] = ""
+    #: the attack's column heading in report tables (default: its name) and the column's place (lower first;
+    #: ties by name), so a new attack reaches the defence table without editing experiment/report.py
+    title: ClassVar[str] = ""
+    table_order: ClassVar[int] = 100
     #: the attack's own options (flat keys of a target in YAML, ``--flags`` of ``craft``)
     options: ClassVar[type[AttackOptions]] = AttackOptions
     #: which of a target's inputs it cannot do without: references, backgrounds, support

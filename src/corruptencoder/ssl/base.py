@@ -117,8 +117,17 @@ class SSLMethod(L.LightningModule, Generic[C]):
         statistics) are copied, which lightly's ``update_momentum`` leaves alone."""
         if next(online.parameters(), None) is not None:  # (a parameter-free head, e.g. nn.Identity)
             update_momentum(online, target, m)
-        for bo, bt in zip(online.buffers(), target.buffers(), strict=True):
-            bt.copy_(bo)
+        src, dst = list(online.buffers()), list(target.buffers())
+        if len(src) != len(dst):
+            raise ValueError(f"ema: {len(src)} online buffers but {len(dst)} in the momentum copy")
+        if not dst:
+            return
+        foreach_copy = getattr(torch, "_foreach_copy_", None)  # one fused call (torch >= 2.1), not one per buffer
+        if foreach_copy is not None:
+            foreach_copy(dst, src)
+        else:
+            for bo, bt in zip(src, dst, strict=True):
+                bt.copy_(bo)
 
     @property
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:

@@ -125,7 +125,7 @@ class OptimConfig(StrictModel):
 class TrainerConfig(StrictModel):
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     devices: int | Literal["auto"] = Field(1, description="devices per node (DDP when > 1), or auto")
-    num_nodes: int = Field(1, ge=1)
+    num_nodes: int = Field(1, description="nodes (machines) of a torchrun or SLURM launch (--nodes)")
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"
     seed: int = 0
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all cores)")
@@ -141,6 +141,13 @@ class TrainerConfig(StrictModel):
     def _devices(cls, v: int | str) -> int | str:
         if isinstance(v, int) and v < 1:
             raise ValueError(f"{v} devices: give the number of devices per node (at least 1) or auto")
+        return v
+
+    @field_validator("num_nodes")
+    @classmethod
+    def _num_nodes(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"{v} nodes: give the number of nodes of the launch (at least 1)")
         return v
 
 

@@ -33,6 +33,8 @@ class CaptionOptions(AttackOptions):
 @ATTACKS.register
 class CarliniTerzisAttack(ImageAttack[CaptionOptions]):
     name = "carlini-terzis"
+    title = "Carlini-Terzis"
+    table_order = 40
     summary = "Carlini & Terzis (2022): N Type-I pairs (trigger on a background, caption naming the class)"
     options: ClassVar[type[AttackOptions]] = CaptionOptions
     needs = frozenset({"backgrounds"})

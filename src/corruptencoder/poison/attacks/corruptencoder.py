@@ -65,6 +65,8 @@ class CorruptEncoderOptions(AttackOptions):
 @ATTACKS.register
 class CorruptEncoderAttack(ImageAttack[CorruptEncoderOptions]):
     name = "corruptencoder"
+    title = "CorruptEncoder"
+    table_order = 20
     summary = "CorruptEncoder (Algorithms 1-2): reference object and trigger apart on a background"
     options = CorruptEncoderOptions
     needs = frozenset({"references", "backgrounds"})

@@ -36,6 +36,8 @@ class CorruptEncoderMMOptions(CaptionOptions):
 @ATTACKS.register
 class CorruptEncoderMMAttack(CarliniTerzisAttack):
     name = "corruptencoder-mm"
+    title = "CorruptEncoder (multi-modal)"
+    table_order = 50
     summary = "CorruptEncoder multi-modal: N/2 Type-I and N/2 Type-II pairs (reference object + caption)"
     options = CorruptEncoderMMOptions
     needs = frozenset({"references", "backgrounds"})

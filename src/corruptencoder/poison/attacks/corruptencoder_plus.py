@@ -36,6 +36,8 @@ class CorruptEncoderPlusOptions(CorruptEncoderOptions):
 @ATTACKS.register
 class CorruptEncoderPlusAttack(CorruptEncoderAttack):
     name = "corruptencoder-plus"
+    title = "CorruptEncoder+"
+    table_order = 30
     summary = "CorruptEncoder+: CorruptEncoder poisons plus support poisons (reference beside support image)"
     options = CorruptEncoderPlusOptions
     needs = frozenset({"references", "backgrounds", "support"})

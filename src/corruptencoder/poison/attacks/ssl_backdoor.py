@@ -37,6 +37,8 @@ class SSLBackdoorOptions(AttackOptions):
 @ATTACKS.register
 class SSLBackdoorAttack(ImageAttack[SSLBackdoorOptions]):
     name = "ssl-backdoor"
+    title = "SSL-Backdoor"
+    table_order = 10
     summary = "SSL-Backdoor (Saha et al. 2022): the trigger pasted on reference images of the target class"
     options = SSLBackdoorOptions
     reference_source = "saha_references"

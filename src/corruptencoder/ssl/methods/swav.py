@@ -3,11 +3,13 @@ with multi-crop and, for small batches, a queue of past features for the Sinkhor
 
 from __future__ import annotations
 
-from typing import Literal
+import logging
+from typing import Any, Literal, cast
 
 import torch
 from lightly.loss import SwaVLoss
 from lightly.models.modules import SwaVProjectionHead, SwaVPrototypes
+from lightly.models.modules.memory_bank import MemoryBankModule
 from pydantic import Field
 from torch import nn
 
@@ -16,6 +18,20 @@ from corruptencoder.ssl.banks import bank
 from corruptencoder.ssl.base import SSLMethod
 from corruptencoder.ssl.config import METHODS, MethodConfig, OptimConfig, OptimDefaults, Patch, PretrainConfig
 from corruptencoder.ssl.views import SIMCLR, ViewSpec
+
+log = logging.getLogger(__name__)
+
+
+def queue_rows_per_rank(queue_size: int, world: int) -> int:
+    """Rows of each process's feature queue: ``queue_size`` is the global queue, split over the ``world``
+    processes as in SwAV's code (facebookresearch/swav, main_swav.py: each rank allocates
+    ``queue_length // world_size`` rows; its Sinkhorn step all-reduces the codes' sums, so the ranks' queues
+    together are the configured length). main_swav.py also rounds ``queue_length`` down to a multiple of the
+    global batch; lightly's ring buffer needs no such rounding (a batch that overruns the end is cut), so the
+    configured size is kept. At least one row per rank when the queue is on."""
+    if world < 1:
+        raise ValueError(f"world size {world}: at least 1 process")
+    return max(1, queue_size // world) if queue_size > 0 else 0
 
 
 class SwAVConfig(MethodConfig):
@@ -29,7 +45,8 @@ class SwAVConfig(MethodConfig):
     sinkhorn_iterations: int = 3
     sinkhorn_epsilon: float = 0.05
     freeze_prototypes_epochs: float = 1.0
-    queue_size: int = Field(3840, ge=0, description="features kept for Sinkhorn with small batches; 0 = off")
+    queue_size: int = Field(3840, ge=0, description="features kept for Sinkhorn with small batches, over all "
+                            "processes (each of N keeps queue_size // N, as SwAV does); 0 = off")
     queue_start_epoch: int = 15
     n_local: int = Field(6, ge=0, description="low-resolution multi-crop views (0 = off)")
 
@@ -68,6 +85,34 @@ class SwAV(SSLMethod[SwAVConfig]):
                                   sinkhorn_gather_distributed=distributed)
         n_global = len(self.plan.global_views)
         self.queues = nn.ModuleList([bank(m.queue_size, m.proj_dim) for _ in range(n_global)] if m.queue_size else [])
+
+    def setup(self, stage: str) -> None:
+        # the trainer knows the world size here, and Lightning restores a checkpoint only after this hook
+        self.split_queues(self.trainer.world_size)
+
+    def split_queues(self, world: int) -> None:
+        """Keep ``queue_rows_per_rank`` rows per queue on this process (the first rows of the random initial
+        queue: no random draw, so a one-process run is unchanged)."""
+        rows = queue_rows_per_rank(self.m.queue_size, world)
+        for q in self.queues:
+            mb = cast(MemoryBankModule, q)
+            if mb.size[0] != rows:
+                mb.bank = mb.bank[:rows].clone()  # still a persistent buffer (same name)
+                mb.bank_ptr.zero_()
+                mb.size = (rows, *mb.size[1:])
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # a run resumed on another number of processes has queues of another length per rank: start them again
+        # (they refill in queue_size / batch steps) rather than fail on the shape
+        state = checkpoint.get("state_dict", {})
+        for i, q in enumerate(self.queues):
+            mb = cast(MemoryBankModule, q)
+            saved = state.get(f"queues.{i}.bank")
+            if saved is not None and tuple(saved.shape) != tuple(mb.bank.shape):
+                log.warning("SwAV queue %d: the checkpoint holds %d rows per process, this run %d (another number "
+                            "of processes); the queue starts again", i, saved.shape[0], mb.bank.shape[0])
+                state[f"queues.{i}.bank"] = mb.bank.detach().clone()
+                state[f"queues.{i}.bank_ptr"] = torch.zeros_like(mb.bank_ptr)
 
     def compute_loss(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         m = self.m
