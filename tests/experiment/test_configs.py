@@ -136,3 +136,21 @@ def test_target_label_is_checked_against_the_tasks_classes_at_load(tmp_path: Pat
         load_experiment(_experiment(tmp_path, [{"name": "lotus", "label": "lotos"}], arms, flowers))
     # no class list at hand (a root that is not there yet): the check waits for the run
     load_experiment(_experiment(tmp_path, [{"name": "x"}], arms, [{"name": "pets", "root": str(tmp_path / "none")}]))
+
+
+def test_an_arm_may_bring_its_own_backgrounds(tmp_path: Path) -> None:
+    """The backgrounds factor of the where-it-forms study: one arm's poisons on other background folders."""
+    from corruptencoder.experiment import stages
+
+    path = _experiment(tmp_path, [{"name": "dog"}], [{"name": "own", "attack": "corruptencoder"},
+                                                     {"name": "other", "attack": "corruptencoder",
+                                                      "backgrounds": ["/data/places"]}])
+    cfg = load_experiment(path)
+    arms = _arms(cfg)
+    def resolve(value: str, kind: str, target: Any = None) -> str:
+        return value
+
+    own = stages.craft_config(cfg, arms["own"], 0, resolve, lambda: 100, list_files=False)
+    other = stages.craft_config(cfg, arms["other"], 0, resolve, lambda: 100, list_files=False)
+    assert own.targets[0].backgrounds == cfg.backgrounds
+    assert other.targets[0].backgrounds == ["/data/places"]

@@ -101,6 +101,8 @@ class ArmSpec(StrictModel):
     layout: LayoutChoice = "random"
     reference_mode: ReferenceMode = "object"
     max_size: int | None = Field(None, ge=8)
+    backgrounds: list[str] | None = Field(None, min_length=1, description="this arm's background folders "
+                                          "(default: the experiment's backgrounds)")
     max_images: int | None = Field(None, ge=1, description="seeded subset of the clean pre-training images")
     backbone: str | None = None
     width: float | None = Field(None, gt=0.0)

@@ -484,6 +484,7 @@ def check_paths(cfg: ExperimentConfig) -> None:
     """Every data path the config names exists (demo values aside): a typo is one line before any work."""
     given: list[tuple[str, str | None]] = [("data.clean", cfg.data.clean), ("data.classes", cfg.data.classes)]
     given += [(f"backgrounds.{i}", b) for i, b in enumerate(cfg.backgrounds)]
+    given += [(f"arm {a.name}: backgrounds", b) for a in cfg.expanded_arms() for b in a.backgrounds or []]
     given += [(f"tasks.{i}.root", t.root) for i, t in enumerate(cfg.tasks)]
     for i, t in enumerate(cfg.targets):
         for key in ("references", "support", "saha_references"):

@@ -98,7 +98,7 @@ def craft_config(cfg: ExperimentConfig, arm: ArmSpec, seed: int, resolve: Resolv
         if t.text and "class_text" in attack.options.model_fields and "class_text" not in arm.attack_args:
             spec["class_text"] = t.text
         if "backgrounds" in attack.needs:
-            spec["backgrounds"] = [resolve(b, "backgrounds", None) for b in cfg.backgrounds]
+            spec["backgrounds"] = [resolve(b, "backgrounds", None) for b in arm.backgrounds or cfg.backgrounds]
         if "support" in attack.needs:
             support = [resolve(s, "support", t) for s in target_inputs(cfg, t, "support", arm.attack)]
             if arm.n_support and list_files:
