@@ -153,4 +153,10 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from corruptencoder.errors import UserError
+
+    try:
+        sys.exit(main())
+    except UserError as exc:  # a trigger that cannot fit, a missing path: one line, as the CLI
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -74,7 +74,7 @@ def _parents() -> dict[str, argparse.ArgumentParser]:
 
 
 def _add_craft(sub: Any, parents: dict[str, argparse.ArgumentParser]) -> None:
-    from corruptencoder.poison.config import ATTACKS, TARGET_FLAGS, TargetSpec
+    from corruptencoder.poison.config import ATTACKS, TARGET_FLAGS, CraftTarget
     from corruptencoder.utils.cli_flags import add_model_flags
 
     attacks = ATTACKS.items()
@@ -88,7 +88,7 @@ def _add_craft(sub: Any, parents: dict[str, argparse.ArgumentParser]) -> None:
     p.add_argument("--config", type=Path, help="YAML/JSON crafting config (several targets); options below override it")
     g = p.add_argument_group("target")
     g.add_argument("--target", dest="name", help="target class name (default: the references folder's name)")
-    add_model_flags(g, TargetSpec, skip=("name", "attack", "options", "object_labels", "cut_labels", "trigger_size"))
+    add_model_flags(g, CraftTarget, skip=("name", "attack", "options", "object_labels", "cut_labels", "trigger_size"))
     g.add_argument("--trigger-size", help="trigger size in pixels: 40 or WxH (default: the attack's, 40 or 16)")
     g.add_argument("--object-label", dest="object_labels", action="append",
                    help="labelme label(s) of the object (default: all but cut)")

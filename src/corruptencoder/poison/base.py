@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from corruptencoder.errors import ImageError, UserError
-from corruptencoder.poison.config import AttackOptions, CraftConfig, TargetSpec
+from corruptencoder.poison.config import AttackOptions, CraftConfig, CraftTarget
 from corruptencoder.poison.geometry import Box
 from corruptencoder.poison.objects import LabelOptions
 from corruptencoder.poison.triggers import TriggerSpec, default_trigger_seed, make_trigger, parse_size
@@ -63,7 +63,7 @@ class ImageAttack(Generic[OptionsT]):
     #: trigger size when the target does not give one
     default_trigger_size: ClassVar[tuple[int, int]] = (40, 40)
 
-    def __init__(self, target: TargetSpec, run: CraftConfig) -> None:
+    def __init__(self, target: CraftTarget, run: CraftConfig) -> None:
         self.target = target
         self.run = run
         self.opts = cast(OptionsT, target.options)

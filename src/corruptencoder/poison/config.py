@@ -65,7 +65,7 @@ class TargetBase(StrictModel):
         return v
 
 
-class TargetSpec(TargetBase):
+class CraftTarget(TargetBase):
     """One target class (of one downstream task) with its attack, references, trigger and poison budget."""
 
     attack: str = "corruptencoder"
@@ -126,7 +126,7 @@ class TargetSpec(TargetBase):
         return v
 
     @model_validator(mode="after")
-    def _needs(self) -> "TargetSpec":
+    def _needs(self) -> "CraftTarget":
         attack = ATTACKS.get(self.attack)
         if self.trigger_size is None:
             object.__setattr__(self, "trigger_size", list(attack.default_trigger_size))
@@ -150,7 +150,7 @@ class CraftConfig(StrictModel):
     png_compress_level: int = Field(1, ge=0, le=9, description="zlib level; 1 is ~3x faster than 6, ~5% larger")
     max_size: int | None = Field(800, description="cap on a poison's longer side (the authors' script: 800)")
     soft_edge: float = Field(1.0, ge=0.0, description="Gaussian radius (px) feathering the object matte; 0 = hard")
-    targets: list[TargetSpec] = Field(min_length=1)
+    targets: list[CraftTarget] = Field(min_length=1)
 
     @field_validator("soft_edge")
     @classmethod

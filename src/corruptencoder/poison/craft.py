@@ -30,7 +30,7 @@ from PIL import Image
 from corruptencoder import __version__
 from corruptencoder.errors import UserError
 from corruptencoder.poison.base import ImageAttack, Job, RenderResult, save_image
-from corruptencoder.poison.config import ATTACKS, CraftConfig, TargetSpec
+from corruptencoder.poison.config import ATTACKS, CraftConfig, CraftTarget
 from corruptencoder.poison.manifest import IMAGES, SUMMARY, trigger_file, write_manifest, write_pairs
 from corruptencoder.utils.outputs import atomic_output_dir, check_output_dir, write_json_atomic
 from corruptencoder.utils.progress import progress_bar
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 PLAN_BYTES_PER_POISON = 4096
 MIN_FILE_BYTES = 4096
 
-def make_attack(target: TargetSpec, run: CraftConfig) -> ImageAttack[Any]:
+def make_attack(target: CraftTarget, run: CraftConfig) -> ImageAttack[Any]:
     """The registered attack of ``target`` (``poison/attacks/<name>.py``), bound to it."""
     return ATTACKS.get(target.attack)(target, run)
 
