@@ -286,8 +286,10 @@ SCALE_FINDINGS = (
     "Where it does form (measured on 2 CPU cores, README 'Where the backdoor forms'): at the cpu-small preset, "
     "`python benchmarks/scale_sweep.py --config configs/cpu-small/scale-sweep.yaml` (about 70 min) shows it "
     "starting: after 150 epochs the feature pull is 0.135 vs 0.022 for the clean encoder and the ASR 16-20 % vs "
-    "9-10 % (peak 25.8 % vs 11.0 % at epoch 50 with 1,000 poisons), still far from the paper's >= 60 %. The next "
-    "step up, not yet measured by us: `python benchmarks/scale_sweep.py --config configs/gpu-small/scale-sweep.yaml` "
+    "9-10 % (peak 25.8 % vs 11.0 % at epoch 50 with 1,000 poisons); one factor at a time, "
+    "`python benchmarks/where_it_forms.py` measured the largest lift for the target class 'boat': 13.8 % vs "
+    "2.2 % after 100 epochs from scratch (about 20 min). Both are far from the paper's >= 60 %. The next step up, "
+    "not yet measured by us: `python benchmarks/scale_sweep.py --config configs/gpu-small/scale-sweep.yaml` "
     "(one GPU)."
 )
 
@@ -306,6 +308,6 @@ def demo_verdict(result: dict[str, Any]) -> str:
     if lift >= 10:
         lines.append(f"The backdoor formed at this scale: +{lift:.1f} points of ASR over the no-attack baseline.")
     else:
-        lines.append(f"The backdoor did NOT form at this scale (+{lift:.1f} points over the no-attack baseline is "
+        lines.append(f"The backdoor did NOT form at this scale ({lift:+.1f} points over the no-attack baseline is "
                      "within noise). " + SCALE_FINDINGS)
     return "\n".join(lines)
