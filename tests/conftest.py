@@ -115,3 +115,16 @@ def random_encoder(path: Path, width: float = 0.25, image_size: int = 16, seed: 
     torch.manual_seed(seed)
     save_encoder(path, build_backbone(spec), spec, {"method": "test", "image_size": image_size, **meta})
     return path
+
+
+def run_config(tmp_path: Path, cfg: dict[str, object]) -> tuple[Path, dict[str, object]]:
+    """Write an experiment config, run it through the CLI (``corruptencoder run``), return (run dir, results.json)."""
+    import yaml
+
+    from corruptencoder.cli import main
+
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(run), "--quiet"]) == 0
+    return run, json.loads((run / "results.json").read_text())

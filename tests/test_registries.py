@@ -4,7 +4,6 @@ public entry points, and removes it again."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
+from conftest import run_config
 from corruptencoder.defend.base import (
     DEFENCES,
     DataDefence,
@@ -219,8 +219,6 @@ class Inspect(EncoderDefence):
 
 
 def test_new_defences_run_through_the_experiment_runner(registered: Any, tmp_path: Path) -> None:
-    from corruptencoder.cli import main
-
     registered(DEFENCES, DropFolder)
     registered(DEFENCES, Inspect)
     cfg = {
@@ -233,11 +231,7 @@ def test_new_defences_run_through_the_experiment_runner(registered: Any, tmp_pat
                  {"name": "look", "defence": "inspect"}],
         "evaluation": {"probe_epochs": 2},
     }
-    path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    run = tmp_path / "run"
-    assert main(["run", str(path), "--out", str(run), "--quiet"]) == 0
-    res = json.loads((run / "results.json").read_text())
+    run, res = run_config(tmp_path, cfg)
     drop = next(r for r in res["rows"] if r["arm"] == "drop")
     det = drop["defence_report"]["detection"]
     assert det["poisons"] == 10 and det["removed_poisons"] == 10 and det["recall"] == 100.0
@@ -248,6 +242,7 @@ def test_new_defences_run_through_the_experiment_runner(registered: Any, tmp_pat
     kept = list((run / "cache" / "defences").glob("*/keep.txt"))
     assert kept and not any("images" in Path(f).parts for k in kept for f in k.read_text().splitlines())
     bad = dict(cfg, arms=[{"name": "x", "defence": "drop-folder", "defence_args": {"needel": "a"}}])
+    path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(bad))
     with pytest.raises(ConfigError, match="needel: unknown key"):
         from corruptencoder.experiment.config import load_experiment
@@ -275,8 +270,6 @@ class LargeCrops(ViewDefence[LargeCropsOptions]):
 
 
 def test_a_new_view_defence_runs_through_the_experiment_runner(registered: Any, tmp_path: Path) -> None:
-    from corruptencoder.cli import main
-
     registered(DEFENCES, LargeCrops)
     cfg = {
         "name": "toy-views", "preset": "cpu-tiny", "seeds": [0],
@@ -287,11 +280,7 @@ def test_a_new_view_defence_runs_through_the_experiment_runner(registered: Any, 
         "arms": [{"name": "big", "defence": "large-crops", "defence_args": {"low": 0.6}}],
         "evaluation": {"probe_epochs": 2},
     }
-    path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    run = tmp_path / "run"
-    assert main(["run", str(path), "--out", str(run), "--quiet"]) == 0
-    res = json.loads((run / "results.json").read_text())
+    run, res = run_config(tmp_path, cfg)
     big = next(r for r in res["rows"] if r["arm"] == "big")
     assert big["defence"] == "large-crops" and big["defence_label"] == "large crops (>= 0.6)"
     scales = sorted(tuple(yaml.safe_load(c.read_text())["views"]["scale"] or ())

@@ -3,12 +3,9 @@ DECREE's PL1 for the attacked and the clean encoder, and the report's detection 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import yaml
-
-from corruptencoder.cli import main
+from conftest import run_config
 
 
 def test_detection_arms_run_and_report(tmp_path: Path) -> None:
@@ -28,11 +25,7 @@ def test_detection_arms_run_and_report(tmp_path: Path) -> None:
         ],
         "evaluation": {"probe_epochs": 2},
     }
-    path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    run = tmp_path / "run"
-    assert main(["run", str(path), "--out", str(run), "--quiet"]) == 0
-    res = json.loads((run / "results.json").read_text())
+    run, res = run_config(tmp_path, cfg)
     ps = next(r for r in res["rows"] if r["arm"] == "patchsearch/corruptencoder")
     det = ps["defence_report"]["detection"]
     assert det["poisons"] == 10 and det["removed"] == ps["defence_report"]["removed"]

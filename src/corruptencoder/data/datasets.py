@@ -39,6 +39,9 @@ def to_tensor(im: Image.Image, short_side: int | None) -> torch.Tensor:
 
 
 _JPEG = (".jpg", ".jpeg", ".jfif")
+# torchvision 0.29 deprecates its decoders in favour of TorchCodec, which is not a dependency here; set once, not
+# per decoded image (the hot loop), and only for torchvision's own warnings
+warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io")
 
 
 def decode_tensor(path: str | os.PathLike[str], short_side: int | None) -> torch.Tensor:
@@ -57,9 +60,7 @@ def decode_tensor(path: str | os.PathLike[str], short_side: int | None) -> torch
             from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
             try:
-                with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders for TorchCodec, which
-                    warnings.simplefilter("ignore", DeprecationWarning)  # is not a dependency here; same pixels
-                    return decode_jpeg(read_file(str(path)), mode=ImageReadMode.RGB, apply_exif_orientation=True)
+                return decode_jpeg(read_file(str(path)), mode=ImageReadMode.RGB, apply_exif_orientation=True)
             except RuntimeError:
                 pass  # Pillow's path below decodes it or says what is wrong
     return to_tensor(load_rgb(path, draft_short_side=short_side), short_side)
