@@ -11,13 +11,16 @@ trainer's automatic precision there); there is no separate CPU baseline in that 
 
 ``--loader-only`` measures the data pipeline alone at ``--image-size`` (default 224 px here; decode +
 MoCo-v2's two crops, the work a loader worker does per image) on a folder of JPEGs (default: the Places365
-backgrounds of the shared assets, else the demo world): images/s in one process for Pillow's decode and for
-the current path (torchvision's JPEG decoder), then in total and per worker with 1..``--workers`` loader
-processes.
+backgrounds of the shared assets, else the demo world): images/s in one process, then in total and per worker
+with 1..``--workers`` loader processes, for each of ``--decoders``: ``pil`` (Pillow + a copy, the previous host
+path), ``auto`` (the host path: torchvision's JPEG decoder), ``bytes`` (``data.decode: device``, the workers' half:
+read the bytes, draw the boxes) and ``device`` (the same, then decode + crop every batch in the main process on
+the GPU, or on the CPU where there is none).
 
     python benchmarks/pretrain_throughput.py [--threads 2] [--steps 12] [--methods moco simclr]
     python benchmarks/pretrain_throughput.py --image-size 224 --data DIR --backbones resnet18 --methods moco
     python benchmarks/pretrain_throughput.py --loader-only [--image-size 224] [--data DIR] [--workers 2]
+    python benchmarks/pretrain_throughput.py --image-size 224 --data DIR --decode device   # on a GPU
 
 A 224 px pipeline run wants real photos (``--data``, e.g. an ImageNet class folder or the Places365
 backgrounds): the demo world's images are 64 px and would be upsampled.
@@ -32,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -45,10 +49,11 @@ BACKBONES = {"small_cnn": {"name": "small_cnn", "width": 1.0},
 
 
 def config(method: str, backbone: str, batch: int, data: str, epochs: int, max_images: int, workers: int | None,
-           accelerator: str, image_size: int = 32) -> PretrainConfig:
+           accelerator: str, image_size: int = 32, decode: str = "auto") -> PretrainConfig:
     return PretrainConfig.model_validate({
         "method": {"name": method, **({"queue_size": 4096} if method == "moco" else {})},
-        "data": {"clean": data, "image_size": image_size, "max_images": max_images, "workers": workers},
+        "data": {"clean": data, "image_size": image_size, "max_images": max_images, "workers": workers,
+                 "decode": decode},
         "backbone": BACKBONES[backbone], "views": {"blur": False},
         "optim": {"batch_size": batch, "epochs": epochs},
         "trainer": {"progress": False, "accelerator": accelerator},
@@ -80,22 +85,40 @@ def model_only(cfg: PretrainConfig, steps: int, device: str) -> float:
 
 
 def loader_only(files: list[str], image_size: int, decoder: str, workers: int, n: int) -> float:
-    """Images/s of decode + two MoCo-v2 crops over ``n`` images with ``workers`` loader processes (0: here)."""
+    """Images/s of decode + two MoCo-v2 crops over ``n`` images with ``workers`` loader processes (0: here).
+
+    ``decoder``: ``pil`` (Pillow, then a copy into a CHW tensor: the previous host path), ``auto`` (the host
+    path: torchvision's decoder for JPEGs), ``bytes`` (``data.decode: device`` without the device half: workers
+    read JPEG bytes and draw the boxes) or ``device`` (the same, then decode and crop each batch here, on the GPU
+    when there is one)."""
     from torch.utils.data import DataLoader
 
     import corruptencoder.data.datasets as ds
     from corruptencoder.data.datasets import ImageStore, ViewDataset, collate_views
+    from corruptencoder.data.encoded import EncodedViewDataset, collate_encoded
     from corruptencoder.ssl.views import view_plan
     from corruptencoder.utils.imageio import load_rgb
 
     cfg = PretrainConfig.model_validate({"method": {"name": "moco"}, "data": {"clean": "x", "image_size": image_size}})
-    if decoder == "pil":  # the previous path: Pillow, then a copy into a CHW tensor
+    if decoder == "pil":
         ds.decode_tensor = lambda path, short: ds.to_tensor(load_rgb(path, draft_short_side=short), short)
     store = ImageStore((files * (n // len(files) + 1))[:n], 4 * image_size, cache=False)
-    loader = DataLoader(ViewDataset(store, view_plan(cfg).crop), batch_size=32, num_workers=workers,
-                        collate_fn=collate_views)
+    plan = view_plan(cfg)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    encoded = decoder in ("bytes", "device")
+    dataset: Any = EncodedViewDataset(store, plan) if encoded else ViewDataset(store, plan.crop)
+    collate = collate_encoded(tuple(v.size for v in plan.views)) if encoded else collate_views
+    loader = DataLoader(dataset, batch_size=32, num_workers=workers, collate_fn=collate)
     t0 = time.perf_counter()
-    count = sum(int(views[0].shape[0]) for views, _ in loader)
+    count = 0
+    for batch in loader:
+        if decoder == "device":
+            views, _ = batch.decode(device)
+            count += int(views[0].shape[0])
+        else:
+            count += len(batch.items) if decoder == "bytes" else int(batch[0][0].shape[0])
+    if device == "cuda":
+        torch.cuda.synchronize()
     return count / (time.perf_counter() - t0)
 
 
@@ -113,6 +136,11 @@ def main() -> int:
     ap.add_argument("--data", help="folder of images (default: the demo world; for --loader-only the Places365 "
                     "backgrounds of the shared assets when present)")
     ap.add_argument("--images", type=int, default=400, help="images per --loader-only measurement")
+    ap.add_argument("--decoders", nargs="+", default=["pil", "auto", "bytes", "device"],
+                    choices=["pil", "auto", "bytes", "device"],
+                    help="--loader-only: the paths to time (see loader_only)")
+    ap.add_argument("--decode", choices=["auto", "host", "device"], default="auto",
+                    help="pipeline: data.decode of the pre-training runs")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -125,7 +153,7 @@ def main() -> int:
         shared = Path(__file__).resolve().parents[2] / "shared/data/corruptencoder-assets/backgrounds-places365"
         folder = Path(args.data) if args.data else (shared if shared.is_dir() else demo_world() / "pretrain")
         files = [str(f) for f in list_images(folder)]
-        for decoder in ("pil", "auto"):
+        for decoder in args.decoders:
             # a fresh process per measurement: the decoder switch and loader workers start clean
             here, last = str(Path(__file__).parent), (args.workers or 2) + 1
             code = (f"import json, sys; sys.path.insert(0, {here!r}); from pretrain_throughput import loader_only; "
@@ -150,7 +178,7 @@ def main() -> int:
             steps = args.steps if (device == "cuda" or backbone != "resnet18") else max(4, args.steps // 3)
             bs = args.batch
             cfg = config(method, backbone, bs, data, 1, bs * (steps + 2), args.workers,
-                         "gpu" if device == "cuda" else "cpu", size)
+                         "gpu" if device == "cuda" else "cpu", size, args.decode)
             a = model_only(cfg, steps, device)
             with tempfile.TemporaryDirectory() as tmp:
                 res = pretrain(cfg, Path(tmp) / "run", progress=False)

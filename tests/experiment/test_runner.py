@@ -189,3 +189,22 @@ def test_continued_pretraining_from_one_pinned_base_for_every_seed(tmp_path: Pat
     bad["arms"][0]["init"] = "arm:base@x"
     with pytest.raises(ConfigError, match="after '@' give a seed"):
         load_experiment(write(tmp_path, bad, "bad.yaml"))
+
+
+def test_an_arm_runs_only_its_own_seeds(tmp_path: Path) -> None:
+    """``seeds:`` on an arm: a pinned base trains once, not once per seed of the experiment."""
+    cfg = json.loads(json.dumps(TINY))
+    cfg["seeds"] = [0, 1]
+    cfg["evaluation"]["checkpoints_every"] = 0
+    cfg["arms"] = [{"name": "base", "attack": "none", "seeds": [0]},
+                   {"name": "refresh", "attack": "corruptencoder", "init": "arm:base@0"}]
+    run = tmp_path / "run"
+    assert main(["run", str(write(tmp_path, cfg)), "--out", str(run), "--quiet"]) == 0
+    # base once (seed 0), then the poisoned and the clean continuation for each seed
+    assert counts(run)["pretrain"] == 5
+    rows = json.loads((run / "results.json").read_text())["rows"]
+    assert sorted({(r["arm"], r["seed"]) for r in rows}) == [("base", 0), ("refresh", 0), ("refresh", 1)]
+    bad = json.loads(json.dumps(cfg))
+    bad["arms"][0]["seeds"] = [3]
+    with pytest.raises(ConfigError, match=r"arm base: seeds \[3\] are not among the experiment's seeds \[0, 1\]"):
+        load_experiment(write(tmp_path, bad, "bad.yaml"))

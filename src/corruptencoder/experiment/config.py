@@ -114,6 +114,8 @@ class ArmSpec(StrictModel):
                              "and its clean twin) starts from this encoder.pt, or 'arm:NAME' = arm NAME's clean "
                              "final encoder of the same seed ('arm:NAME@0': of seed 0, one base for every trial)")
     pretrain: dict[str, Any] = Field(default_factory=dict, description="raw pre-training config overrides")
+    seeds: list[int] | None = Field(None, min_length=1, description="only these of the experiment's seeds (default: "
+                                    "all), e.g. a base encoder pinned to one seed or a costly arm measured once")
 
     @field_validator("alpha", "beta")
     @classmethod
@@ -211,6 +213,10 @@ class ExperimentConfig(StrictModel):
                                  f"({', '.join(sorted(tasks))})")
         if not self.arms and not self.sweeps:
             raise ValueError("give at least one arm (arms:) or sweep (sweeps:)")
+        for arm in self.expanded_arms():
+            extra = sorted(set(arm.seeds or ()) - set(self.seeds))
+            if extra:
+                raise ValueError(f"arm {arm.name}: seeds {extra} are not among the experiment's seeds {self.seeds}")
         return self
 
     def expanded_arms(self) -> list[ArmSpec]:

@@ -165,7 +165,8 @@ def plan_experiment(cfg: ExperimentConfig, run_dir: str | Path, *, only: Sequenc
                             say=lambda _msg: None)
     for seed in cfg.seeds:
         for arm in runner.arms:
-            runner.run_arm(arm, seed)
+            if arm.seeds is None or seed in arm.seeds:
+                runner.run_arm(arm, seed)
     plan = runner.plan
     if measure:
         for setting, sample in runner._sample_configs.items():

@@ -180,6 +180,8 @@ class Runner:
         for k in ("progress", "accelerator", "devices", "threads", "log_every_n_steps"):
             body["trainer"].pop(k, None)
         body["data"].pop("workers", None)
+        if body["data"].get("decode") == "auto":  # added later: its default keeps every earlier key
+            body["data"].pop("decode")
         body["data"]["poisons"] = [Path(p).name for p in body["data"]["poisons"]]  # the craft hash
         return digest({"pretrain": body, "v": __version__})
 
@@ -364,13 +366,11 @@ class Runner:
         (self.dir / "config.json").write_text(json.dumps(self.cfg.model_dump(mode="json"), indent=2))
         t0 = time.perf_counter()
         rows: list[dict[str, Any]] = []
-        total = len(self.arms) * len(self.cfg.seeds)
-        k = 0
-        for seed in self.cfg.seeds:
-            for arm in self.arms:
-                k += 1
-                self.say(f"[{k}/{total}] {arm.name} (seed {seed})")
-                rows += self.run_arm(arm, seed)
+        trials = [(seed, arm) for seed in self.cfg.seeds for arm in self.arms if arm.seeds is None or seed in arm.seeds]
+        total = len(trials)
+        for k, (seed, arm) in enumerate(trials, 1):
+            self.say(f"[{k}/{total}] {arm.name} (seed {seed})")
+            rows += self.run_arm(arm, seed)
         result = write_results(self.dir, self.cfg, self.arms, rows, time.perf_counter() - t0, self.log.counts)
         return result
 

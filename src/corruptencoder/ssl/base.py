@@ -139,6 +139,14 @@ class SSLMethod(L.LightningModule, Generic[C]):
         for online, target in self.momentum_pairs:
             self.ema(online, target, m)
 
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """A batch of JPEG bytes and boxes (``data.decode: device``) is decoded and cropped here, on the device."""
+        from corruptencoder.data.encoded import EncodedBatch
+
+        if isinstance(batch, EncodedBatch):
+            return batch.decode(device)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         views, idx = batch
         fmt = torch.channels_last if self.cfg.trainer.channels_last else torch.contiguous_format

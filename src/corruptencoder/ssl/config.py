@@ -77,6 +77,9 @@ class DataConfig(StrictModel):
     cache: Literal["auto", "memory", "none"] = "auto"
     cache_short_side: int | None = Field(None, description="decode-time shrink (default 4x image_size)")
     workers: int | None = Field(None, ge=0, description="DataLoader workers (default: 0 on <= 2 CPU cores)")
+    decode: Literal["auto", "host", "device"] = Field(
+        "auto", description="where images are decoded and cropped: host (loader workers), device (workers read JPEG "
+        "bytes; the GPU decodes with nvJPEG and crops), auto (device on a GPU for a JPEG set too big to cache)")
 
     @field_validator("fraction")
     @classmethod

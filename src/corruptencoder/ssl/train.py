@@ -158,6 +158,7 @@ def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
         c.get("trainer", {}).pop(k, None)
     c.get("data", {}).pop("workers", None)
     c.get("data", {}).pop("cache", None)
+    c.get("data", {}).pop("decode", None)  # where pixels are decoded, not what is trained (as workers)
     return c
 
 
@@ -374,6 +375,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False, over
     cache_modes: dict[str, bool | str] = {"auto": "auto", "memory": True, "none": False}
     cache = cache_modes[cfg.data.cache]
     model = method_class(cfg.method.name)(cfg)
+    collate: Any = collate_views
     if clip:
         from corruptencoder.data.datasets import PairDataset
         from corruptencoder.ssl.clip_model import CaptionTokens, context_length
@@ -382,15 +384,22 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False, over
         dataset: Any = PairDataset(store, files.captions(), model.plan.crop,
                                    CaptionTokens(context_length(cast(dict[str, Any], model.clip_spec))))
     else:
-        store = ImageStore(files.files, short, cache, progress=show)
-        dataset = ViewDataset(store, model.plan.crop)
+        from corruptencoder.data.encoded import EncodedViewDataset, collate_encoded, device_decode_wanted
+
+        store = ImageStore(files.files, short, False if cfg.data.decode == "device" else cache, progress=show)
+        if device_decode_wanted(cfg.data.decode, rt["gpu"], store):
+            dataset = EncodedViewDataset(store, model.plan)
+            collate = collate_encoded(tuple(v.size for v in model.plan.views))
+            log.info("decoding and cropping on the device (data.decode=%s)", cfg.data.decode)
+        else:
+            dataset = ViewDataset(store, model.plan.crop)
     bs = rt["per_process_batch"]  # optim.batch_size is the global batch, as the papers state it
     if rt["world"] > 1 and _rank_zero():
         _, lr, _, _ = cfg.resolved_optim()
         log.info("global batch %d = %d per process x %d processes; learning rate %.4g for the global batch",
                  cfg.optim.batch_size, bs, rt["world"], lr)
     loader = DataLoader(dataset, batch_size=min(bs, len(dataset)), shuffle=True, drop_last=len(dataset) >= bs,
-                        num_workers=rt["workers"], collate_fn=collate_views, pin_memory=rt["gpu"],
+                        num_workers=rt["workers"], collate_fn=collate, pin_memory=rt["gpu"],
                         persistent_workers=rt["workers"] > 0, prefetch_factor=4 if rt["workers"] > 0 else None)
     if cfg.trainer.compile:
         model.backbone = cast(torch.nn.Module, torch.compile(model.backbone))  # an OptimizedModule
