@@ -283,14 +283,12 @@ def read_results(path: Path) -> dict[str, Any]:
 
 #: Where the backdoor was measured to form, for the demo's closing message (benchmarks/scale_sweep.py).
 SCALE_FINDINGS = (
-    "Where it does form (measured on 2 CPU cores, README 'Where the backdoor forms'): at the cpu-small preset, "
-    "`python benchmarks/scale_sweep.py --config configs/cpu-small/scale-sweep.yaml` (about 70 min) shows it "
-    "starting: after 150 epochs the feature pull is 0.135 vs 0.022 for the clean encoder and the ASR 16-20 % vs "
-    "9-10 % (peak 25.8 % vs 11.0 % at epoch 50 with 1,000 poisons); one factor at a time, "
-    "`python benchmarks/where_it_forms.py` measured the largest lift for the target class 'boat': 13.8 % vs "
-    "2.2 % after 100 epochs from scratch (about 20 min). Both are far from the paper's >= 60 %. The next step up, "
-    "not yet measured by us: `python benchmarks/scale_sweep.py --config configs/gpu-small/scale-sweep.yaml` "
-    "(one GPU)."
+    "Where it does form (measured on 2 CPU cores, README 'Where the backdoor forms'): "
+    "`python benchmarks/where_it_forms.py --config configs/cpu-small/backdoor-forms.yaml` refreshes a clean "
+    "cpu-small MoCo-v2 encoder (17 min, trained once) for 30 epochs (about 6 min) on 500 poisons of target 'boat' "
+    "and scores the poisons' own 8 px trigger: ASR 35.9 +- 1.3 % vs 2.8 % on the clean twin over three seeds, 3.0x "
+    "SSL-Backdoor, BA 84.5 vs CA 84.2. The paper's >= 60 % is not reached on CPU. This demo scores a 6 px trigger "
+    "on 8-epoch encoders, where it does not show."
 )
 
 
