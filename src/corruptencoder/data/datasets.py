@@ -203,11 +203,15 @@ class ViewDataset(Dataset[tuple[list[torch.Tensor], int]]):
     def __len__(self) -> int:
         return len(self.store)
 
-    def __getitem__(self, index: int) -> tuple[list[torch.Tensor], int]:
+    def generator(self) -> np.random.Generator:
+        """This process's crop generator (a loader worker gets its own, derived from torch's seed)."""
         if self._rng is None or self._pid != os.getpid():
             self._rng, self._pid = _worker_rng(), os.getpid()
+        return self._rng
+
+    def __getitem__(self, index: int) -> tuple[list[torch.Tensor], int]:
         img, _ = self.store.get(index)
-        return self.crop(img, self._rng), index
+        return self.crop(img, self.generator()), index
 
 
 def center_crop_tensor(img: torch.Tensor, resize: int, size: int) -> torch.Tensor:
@@ -262,10 +266,8 @@ class PairDataset(ViewDataset):
     def __getitem__(  # type: ignore[override]  # returns caption tokens, not an index
         self, index: int
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        if self._rng is None or self._pid != os.getpid():
-            self._rng, self._pid = _worker_rng(), os.getpid()
         img, used = self.store.get(index)
-        return self.crop(img, self._rng), self.tokenize(self.captions[used])
+        return self.crop(img, self.generator()), self.tokenize(self.captions[used])
 
 
 def read_skip_log(path: str | os.PathLike[str]) -> dict[str, str]:

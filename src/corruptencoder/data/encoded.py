@@ -17,15 +17,13 @@ the host would (not a JPEG, CMYK, an EXIF rotation) is decoded by the worker and
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from corruptencoder.data.datasets import _JPEG, ImageStore, _worker_rng
+from corruptencoder.data.datasets import _JPEG, ImageStore, ViewDataset
 
 #: EXIF tag of the orientation (1 = as stored)
 _ORIENTATION = 0x0112
@@ -74,34 +72,28 @@ def jpeg_header(path: str) -> tuple[int, int] | None:
         return None  # the host path reads it, and skips it with a warning naming the file
 
 
-class EncodedViewDataset(Dataset[tuple[EncodedItem, int]]):
+class EncodedViewDataset(ViewDataset):
     """Unlabelled images -> (bytes or pixels + view boxes, index); the device does the rest."""
 
     def __init__(self, store: ImageStore, plan: BoxPlan) -> None:
-        self.store = store
+        super().__init__(store, crop=lambda img, rng: [])  # never called: the device crops
         self.plan = plan
-        self._rng: np.random.Generator | None = None
-        self._pid = -1
 
-    def __len__(self) -> int:
-        return len(self.store)
-
-    def __getitem__(self, index: int) -> tuple[EncodedItem, int]:
-        if self._rng is None or self._pid != os.getpid():
-            self._rng, self._pid = _worker_rng(), os.getpid()
+    def __getitem__(self, index: int) -> tuple[EncodedItem, int]:  # type: ignore[override]  # bytes, not views
+        rng = self.generator()
         path = self.store.files[index]
         size = jpeg_header(path) if self.store.loader is None else None
         if size is None:
             img, _ = self.store.get(index)  # decoded (and shrunk) by the host path, or the next readable image
             h, w = img.shape[-2:]
-            boxes = [(float(a), float(b), float(c), float(d)) for a, b, c, d in self.plan.boxes(self._rng, w, h)]
+            boxes = [(float(a), float(b), float(c), float(d)) for a, b, c, d in self.plan.boxes(rng, w, h)]
             return EncodedItem(img, False, boxes), index
         from torchvision.io import read_file
 
         w, h = size
         sw, sh = _shrunk(w, h, self.store.short_side)
         fx, fy = w / sw, h / sh
-        boxes = [(x0 * fx, y0 * fy, x1 * fx, y1 * fy) for x0, y0, x1, y1 in self.plan.boxes(self._rng, sw, sh)]
+        boxes = [(x0 * fx, y0 * fy, x1 * fx, y1 * fy) for x0, y0, x1, y1 in self.plan.boxes(rng, sw, sh)]
         return EncodedItem(read_file(path), True, boxes), index
 
 
