@@ -145,3 +145,21 @@ def test_pretraining_with_device_decode_runs_on_cpu(photos: list[str], tmp_path:
     })
     res = pretrain(cfg, tmp_path / "run")
     assert res.epochs == 1 and res.num_images == 18
+
+
+def test_bytes_cross_from_a_loader_worker(photos: list[str]) -> None:
+    """A worker hands the JPEG bytes to the main process intact. torchvision's read_file tensor is a private file
+    mapping that a worker's queue cannot share: the loader waited for ever (found timing it with workers)."""
+    from torch.utils.data import DataLoader
+
+    p = plan()
+    dataset = EncodedViewDataset(ImageStore(photos, 128, cache=False), p)
+    collate = collate_encoded(tuple(v.size for v in p.views))
+    loader = DataLoader(dataset, batch_size=4, num_workers=1, collate_fn=collate, timeout=60)
+    seen = 0
+    for batch in loader:
+        for item, index in zip(batch.items, batch.index.tolist(), strict=True):
+            if item.encoded:
+                assert bytes(item.payload.numpy()) == Path(photos[index]).read_bytes()
+            seen += 1
+    assert seen == len(photos)

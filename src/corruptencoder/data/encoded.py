@@ -18,6 +18,7 @@ the host would (not a JPEG, CMYK, an EXIF rotation) is decoded by the worker and
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -88,13 +89,21 @@ class EncodedViewDataset(ViewDataset):
             h, w = img.shape[-2:]
             boxes = [(float(a), float(b), float(c), float(d)) for a, b, c, d in self.plan.boxes(rng, w, h)]
             return EncodedItem(img, False, boxes), index
-        from torchvision.io import read_file
-
         w, h = size
         sw, sh = _shrunk(w, h, self.store.short_side)
         fx, fy = w / sw, h / sh
         boxes = [(x0 * fx, y0 * fy, x1 * fx, y1 * fy) for x0, y0, x1, y1 in self.plan.boxes(rng, sw, sh)]
-        return EncodedItem(read_file(path), True, boxes), index
+        return EncodedItem(read_bytes(path), True, boxes), index
+
+
+def read_bytes(path: str) -> torch.Tensor:
+    """A file's bytes as a 1-D uint8 tensor in torch's own memory. Not ``torchvision.io.read_file``: its tensor is
+    a private file mapping, which a loader worker cannot hand to the main process (the worker's queue thread fails
+    on its file descriptor and the loader waits for ever)."""
+    data = Path(path).read_bytes()
+    out = torch.empty(len(data), dtype=torch.uint8)
+    out.numpy()[:] = np.frombuffer(data, dtype=np.uint8)
+    return out
 
 
 @dataclass
