@@ -139,3 +139,26 @@ def test_cli_distils(tmp_path: Path, teacher: Path, data: Path) -> None:
                  "--set", "optim.batch_size=16"]) == 0
     assert (out / "encoder.pt").is_file()
     assert len((out / "train_files.txt").read_text().splitlines()) == 32
+
+
+def test_student_epochs_option_sets_the_schedule_and_stays_out_of_old_cache_keys(
+        tmp_path: Path, teacher: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A suspect refreshed for 30 epochs from a base gets a student as long as asked; left unset, the option
+    does not enter the cache key (every CompRess result cached before it existed stays valid)."""
+    import corruptencoder.ssl.train as train
+    from corruptencoder.defend.base import DefenceContext, make_defence
+
+    seen: dict[str, PretrainConfig] = {}
+
+    def fake_pretrain(cfg: PretrainConfig, out: Path, **_: object) -> object:
+        seen["cfg"] = cfg
+        return type("R", (), {"encoder": out / "encoder.pt", "num_images": 1})()
+
+    monkeypatch.setattr(train, "pretrain", fake_pretrain)
+    body = PretrainConfig.model_validate({"data": {"clean": "demo"}, "optim": {"epochs": 30}}).model_dump(mode="json")
+    for epochs, want in ((None, 30), (200, 200)):
+        args = {"fraction": 0.05} | ({"epochs": epochs} if epochs else {})
+        defence = make_defence("compress", args)
+        defence.apply(DefenceContext(out=tmp_path / str(epochs), pretrain=body, encoder=teacher, clean_count=100))
+        assert seen["cfg"].optim.epochs == want and seen["cfg"].method.name == "compress"
+        assert ("epochs" in defence.opts.key_fields()) == (epochs is not None)

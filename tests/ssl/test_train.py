@@ -367,3 +367,24 @@ def test_a_resumed_run_starts_from_the_saved_queue(tiny_data: Path, tmp_path: Pa
     assert set(keys) <= set(seen)
     for key in keys:
         assert torch.equal(seen[key], saved[key]), key
+
+
+def test_final_lr_ratio_floors_the_cosine_and_leaves_cache_keys_alone(tmp_path: Path) -> None:
+    """1.0 = constant after warm-up (a short refresh); the default 0 decays to zero and does not enter a stage
+    cache key, so every encoder cached before the option existed is still found."""
+    from corruptencoder.experiment.runner import Runner, demo_config
+    from corruptencoder.ssl.optim import warmup_cosine
+
+    assert warmup_cosine(99, 100, 10, 1.0) == 1.0 and warmup_cosine(0, 100, 10, 1.0) == 0.1
+    assert warmup_cosine(99, 100, 0) < 0.01 and abs(warmup_cosine(50, 100, 0, 0.5) - 0.75) < 0.01
+    cfg = demo_config()
+    runner = Runner(cfg, tmp_path / "run", cache=tmp_path / "cache", progress=False)
+    runner.generate = False
+    base = next(a for a in runner.arms if a.name == "base")
+    pcfg, key, _ = runner.pretrain_setting(base, 0, None)
+    assert pcfg.optim.final_lr_ratio == 0.0
+    body = pcfg.model_dump(mode="json")
+    del body["optim"]["final_lr_ratio"]  # the config as it was before the option: the same key
+    assert runner.pretrain_key(type(pcfg).model_validate(body)) == key
+    floored = pcfg.model_copy(update={"optim": pcfg.optim.model_copy(update={"final_lr_ratio": 1.0})})
+    assert runner.pretrain_key(floored) != key

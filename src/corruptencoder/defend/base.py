@@ -29,6 +29,16 @@ DefenceKind = Literal["views", "data", "encoder"]
 class DefenceOptions(StrictModel):
     """A defence's own settings (``defence_args`` of an experiment arm, flags of ``corruptencoder defend``)."""
 
+    # options added after caches of results existed: left at their default they stay out of the cache key, so
+    # adding one does not retrain every cached defence
+    unkeyed_defaults: ClassVar[tuple[str, ...]] = ()
+
+    def key_fields(self) -> dict[str, Any]:
+        """The options as they enter a cache key."""
+        body = self.model_dump(mode="json")
+        fields = type(self).model_fields
+        return {k: v for k, v in body.items() if not (k in self.unkeyed_defaults and v == fields[k].default)}
+
 
 @dataclass
 class DefenceContext:

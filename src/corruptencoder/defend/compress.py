@@ -26,6 +26,10 @@ class CompRessOptions(DefenceOptions):
     variant: Literal["2q", "1q"] = Field("2q", description="CompRess-2q (each network its queue) or -1q")
     queue_size: int | None = Field(None, ge=1, description="memory bank size (default: half the clean subset, "
                                    "256 to 16,384)")
+    epochs: int | None = Field(None, ge=1, description="the student's epochs (default: the suspect's schedule; a "
+                               "suspect refreshed for a few epochs from a base needs a longer student)")
+
+    unkeyed_defaults = ("epochs",)
 
 
 @DEFENCES.register
@@ -57,6 +61,8 @@ class CompRessDefence(EncoderDefence[CompRessOptions]):
                           "queue_size": self.queue_size(ctx.clean_count), "variant": self.opts.variant}
         body.setdefault("data", {}).update(fraction=self.opts.fraction, poisons=[])
         body.get("backbone", {}).pop("init", None)  # a fresh student
+        if self.opts.epochs:
+            body.setdefault("optim", {})["epochs"] = self.opts.epochs
         cfg = validate(PretrainConfig, body, "CompRess student")
         t0 = time.perf_counter()
         res = pretrain(cfg, ctx.out, resume=ctx.resume, overwrite=not ctx.resume, progress=ctx.progress)
@@ -77,7 +83,6 @@ class CompRessDefence(EncoderDefence[CompRessOptions]):
         p.add_argument("--preset", help="scale preset: cpu-tiny | cpu-small | gpu-small | paper")
         p.add_argument("--backbone", help="student backbone (default: the teacher's)")
         p.add_argument("--width", type=float, help="student width multiplier (default: the teacher's)")
-        p.add_argument("--epochs", type=int)
         p.add_argument("--image-size", type=int)
         p.add_argument("--seed", type=int)
         p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -91,7 +96,7 @@ class CompRessDefence(EncoderDefence[CompRessOptions]):
         assert isinstance(options, CompRessOptions)
         res, cfg = distil(args.teacher, args.data, options, exclude=args.exclude,
                           teacher_backbone=args.teacher_backbone, config=args.config, preset=args.preset,
-                          overrides=args.overrides, backbone=args.backbone, width=args.width, epochs=args.epochs,
+                          overrides=args.overrides, backbone=args.backbone, width=args.width,
                           image_size=args.image_size, seed=args.seed, out=args.out, resume=args.resume,
                           overwrite=args.overwrite, progress=not args.quiet)
         return (f"distilled {args.teacher} into a {cfg.backbone.name} student on {res.num_images} clean images "
@@ -128,7 +133,8 @@ def distil(teacher: Path, data: str, opts: CompRessOptions, *, out: Path, exclud
     if opts.queue_size:
         over.append(f"method.queue_size={opts.queue_size}")
     for key, value in (("backbone.name", backbone or spec.get("name")), ("backbone.width", width or spec.get("width")),
-                       ("data.image_size", image_size or meta.get("image_size")), ("optim.epochs", epochs),
+                       ("data.image_size", image_size or meta.get("image_size")),
+                       ("optim.epochs", epochs or opts.epochs),
                        ("trainer.seed", seed), ("method.teacher_backbone", teacher_backbone)):
         if value is not None:
             over.append(f"{key}={value}")

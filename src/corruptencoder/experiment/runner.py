@@ -182,6 +182,8 @@ class Runner:
         body["data"].pop("workers", None)
         if body["data"].get("decode") == "auto":  # added later: its default keeps every earlier key
             body["data"].pop("decode")
+        if body["optim"].get("final_lr_ratio") == 0.0:  # the same
+            body["optim"].pop("final_lr_ratio")
         body["data"]["poisons"] = [Path(p).name for p in body["data"]["poisons"]]  # the craft hash
         return digest({"pretrain": body, "v": __version__})
 
@@ -221,7 +223,7 @@ class Runner:
     @staticmethod
     def defence_key(defence: Any, base: Path, seed: int) -> str:
         """A defence's cache key: its name and options, the encoder it acts on, the seed."""
-        return digest({"defence": defence.name, "options": defence.opts.model_dump(mode="json"),
+        return digest({"defence": defence.name, "options": defence.opts.key_fields(),
                        "encoder": base.name, "seed": seed, "v": __version__})
 
     def defended(self, arm: ArmSpec, seed: int, poisons: Path | None, role: str) -> tuple[Path, dict[str, Any]]:

@@ -179,7 +179,8 @@ class SSLMethod(L.LightningModule, Generic[C]):
         opt = build_optimizer(opt_name, self, lr, wd, self.cfg.optim.momentum)
         total = self.total_steps
         warm = int(round(warmup_epochs * self.steps_per_epoch))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warm))
+        floor = self.cfg.optim.final_lr_ratio
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warm, floor))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def export(self, path: str, extra: dict[str, Any] | None = None) -> None:

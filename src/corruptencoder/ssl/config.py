@@ -123,6 +123,9 @@ class OptimConfig(StrictModel):
     batch_size: int = Field(256, ge=2, description="the global batch, split evenly over devices and nodes (as the "
                             "papers state it); the learning rate is scaled by it")
     epochs: int = Field(200, ge=1)
+    final_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="where the cosine ends, as a share of the "
+                                  "learning rate: 0 = down to zero (the recipes), 1 = constant after warm-up (a "
+                                  "short refresh of a trained encoder, which a full decay would end before it learns)")
 
 
 class TrainerConfig(StrictModel):
