@@ -14,7 +14,7 @@ from conftest import class_folder, random_encoder
 from corruptencoder.cli import main
 from corruptencoder.errors import UserError
 from corruptencoder.evaluate.linear_probe import LinearProbe, ProbeConfig, train_linear_probe
-from corruptencoder.evaluate.metrics import accuracy, attack_success_rate, feature_pull, target_rate
+from corruptencoder.evaluate.metrics import accuracy, asr_by_class, attack_success_rate, feature_pull, target_rate
 from corruptencoder.evaluate.run import EvalSettings, EvalTarget, Scorer, evaluate, exclude_references
 from corruptencoder.evaluate.tasks import TaskConfig, load_task
 from corruptencoder.evaluate.triggered import TriggerPaste
@@ -41,6 +41,15 @@ def test_asr_counts_only_non_target_images() -> None:
     assert attack_success_rate(torch.tensor([1, 1, 1, 1, 1, 1]), labels, 1) == (100.0, 4)
     assert attack_success_rate(torch.tensor([1, 0, 1, 1, 2, 1]), labels, 1) == (50.0, 4)
     assert attack_success_rate(torch.tensor([1]), torch.tensor([1]), 1)[1] == 0
+
+
+def test_asr_by_class_splits_the_asr_over_the_source_classes() -> None:
+    labels = torch.tensor([0, 0, 0, 0, 2, 2])  # class 1 is the target; it has no triggered images here
+    preds = torch.tensor([1, 1, 1, 0, 2, 2])
+    by = asr_by_class(preds, labels, 1, ["a", "t", "b"])
+    assert by == {"a": 75.0, "b": 0.0}
+    asr, _ = attack_success_rate(preds, labels, 1)
+    assert abs(asr - (4 * by["a"] + 2 * by["b"]) / 6) < 1e-9  # the ASR is their size-weighted mean
     assert accuracy(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 2])) == pytest.approx(200 / 3)
     assert target_rate(torch.tensor([2, 2, 0, 1]), 2) == 50.0
 

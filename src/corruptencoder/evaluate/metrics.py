@@ -43,6 +43,18 @@ def attack_success_rate(triggered_preds: torch.Tensor, true_labels: torch.Tensor
     return 100.0 * float((triggered_preds[keep] == target).float().mean()), n
 
 
+def asr_by_class(triggered_preds: torch.Tensor, true_labels: torch.Tensor, target: int,
+                 classes: Sequence[str]) -> dict[str, float]:
+    """ASR (%) of each non-target class's triggered images: where the trigger wins over the image's own object
+    and where it does not (the ASR is their mean weighted by class size)."""
+    out: dict[str, float] = {}
+    for c, name in enumerate(classes):
+        keep = true_labels == c
+        if c != target and bool(keep.any()):
+            out[name] = round(100.0 * float((triggered_preds[keep] == target).float().mean()), 2)
+    return out
+
+
 def target_rate(preds: torch.Tensor, target: int) -> float:
     """Share (%) of predictions equal to the target (reference accuracy, clean false-positive rate)."""
     if preds.numel() == 0:

@@ -23,6 +23,7 @@ from corruptencoder.evaluate.features import FeatureCache, cache_key, extract_fe
 from corruptencoder.evaluate.linear_probe import LinearProbe, ProbeConfig, train_augmented_probe, train_linear_probe
 from corruptencoder.evaluate.metrics import (
     accuracy,
+    asr_by_class,
     attack_success_rate,
     feature_pull,
     per_class_accuracy,
@@ -324,6 +325,7 @@ class Scorer:
             "asr": round(asr, 3), "n_triggered": n,
             "clean_target_rate": round(target_rate(preds[idx], target), 3),
             "triggered_prediction_histogram": prediction_histogram(ptrig, self.task.classes),
+            "asr_by_class": asr_by_class(ptrig, yte[idx], target, self.task.classes),
             "reference_accuracy": (round(target_rate(probe.predict(ref_feats), target), 3)
                                    if ref_feats.numel() else None),
             "n_references": int(ref_feats.shape[0]) if ref_feats.numel() else 0,

@@ -48,6 +48,8 @@ def collect_rows(cfg: ExperimentConfig, arm: ArmSpec, seed: int, task: str, epoc
             "pull_delta": t["pull"].get("delta"), "pull_delta_clean": c["pull"].get("delta"),
             "clean_target_rate": t["clean_target_rate"], "top_triggered_class": top[0],
             "top_triggered_share": top[1], "triggered_histogram": hist,
+            "asr_by_class": t.get("asr_by_class"), "asr_by_class_clean": c.get("asr_by_class"),
+            "class_accuracy_clean": clean.get("per_class_accuracy"),
             "n_test": enc["n_test"], "n_triggered": t["n_triggered"],
             "num_poisons": meta.get("num_poisons", 0), "poison_ratio": meta.get("poison_ratio", 0.0),
             "pretrain_seconds": meta.get("seconds"), "pretrain_img_s": meta.get("images_per_second"),
@@ -116,8 +118,18 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             agg[k] = rs[0].get(k)
         top = [r.get("top_triggered_class") for r in rs if r.get("top_triggered_class")]
         agg["top_triggered_class"] = max(set(top), key=top.count) if top else None
+        for k in ("asr_by_class", "asr_by_class_clean", "class_accuracy_clean"):
+            agg[k] = _mean_dicts([r[k] for r in rs if r.get(k)])
         out.append(agg)
     return out
+
+
+def _mean_dicts(dicts: Sequence[dict[str, float]]) -> dict[str, float] | None:
+    """Per-key mean over trials (a key missing from a trial is averaged over the trials that have it)."""
+    if not dicts:
+        return None
+    keys = sorted({k for d in dicts for k in d})
+    return {k: round(float(np.mean([d[k] for d in dicts if k in d])), 2) for k in keys}
 
 
 def _final(aggs: Sequence[dict[str, Any]], **match: Any) -> list[dict[str, Any]]:
