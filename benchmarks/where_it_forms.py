@@ -12,11 +12,16 @@ the same setting.
 
 ``--config`` may be repeated (e.g. the Places365-backgrounds factor, which needs ``CE_ASSETS``): each config runs
 in ``OUT/<its name>`` over one shared stage cache (``OUT/cache``), and the table lists the arms of all of them.
+
+The doc is written from a ledger, ``docs/where-it-forms.json`` (``--ledger``): each invocation merges the arms it
+measured into it (a re-measured arm replaces its rows, by config and arm name), so measuring a few arms on a fresh
+machine, whose stage cache is empty, adds to the table instead of replacing it. Each row says when it was measured.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import fnmatch
 import json
 import math
@@ -43,6 +48,45 @@ def _pm(a: dict[str, Any], key: str, digits: int = 1) -> str:
     return s + (f" ± {float(std):.{digits}f}" if a.get("trials", 1) > 1 and std is not None else "")
 
 
+# the aggregate fields the doc and the figure read (a ledger row keeps only these)
+KEEP = ("config", "arm", "epoch", "target", "trials", "attack", "ca", "ca_std", "ba", "ba_std", "asr", "asr_std",
+        "no_attack_asr", "no_attack_asr_std", "reference_accuracy", "pull_delta", "pull_delta_clean",
+        "pretrain_seconds", "asr_by_class", "asr_by_class_clean",
+        "class_accuracy_clean", "measured")
+
+
+def merge(ledger: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ledger with every (config, arm) measured now replaced by its new rows; the rest kept as they were."""
+    fresh = {(a["config"], a["arm"]) for a in new}
+    kept = [a for a in ledger if (a.get("config"), a["arm"]) not in fresh]
+    rows = kept + [{k: a[k] for k in KEEP if k in a} for a in new]
+    return sorted(rows, key=lambda a: (a["arm"], a.get("config", ""), str(a["epoch"]).zfill(6)))
+
+
+def read_ledger(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    rows: list[dict[str, Any]] = json.loads(path.read_text(encoding="utf-8"))["rows"]
+    return rows
+
+
+def read_caveats(path: Path) -> list[str]:
+    """What a reader must know about the ledger's rows (written by hand into the ledger; shown in the doc)."""
+    if not path.is_file():
+        return []
+    caveats: list[str] = json.loads(path.read_text(encoding="utf-8")).get("caveats", [])
+    return caveats
+
+
+def write_ledger(path: Path, rows: list[dict[str, Any]], caveats: list[str] | None = None) -> None:
+    body = ",\n".join("  " + json.dumps(r) for r in rows)
+    note = ("measurements of benchmarks/where_it_forms.py, merged across invocations: a re-measured (config, arm) "
+            "replaces its rows")
+    cav = ",\n".join("  " + json.dumps(c) for c in caveats or [])
+    path.write_text(f'{{"note": {json.dumps(note)},\n "caveats": [\n{cav}\n ],\n "rows": [\n{body}\n]}}\n',
+                    encoding="utf-8")
+
+
 def final_rows(aggs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = [a for a in aggs if a["epoch"] == "final" and a["attack"] != "none"]
     return sorted(rows, key=lambda a: a["arm"])
@@ -50,7 +94,7 @@ def final_rows(aggs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def table(aggs: list[dict[str, Any]]) -> list[str]:
     lines = ["| factor | setting | target | trials | CA | BA | ASR | no-attack ASR | ref. acc | "
-             "pull Δ (attacked / clean) | min (attacked encoder) |", "|" + " --- |" * 11]
+             "pull Δ (attacked / clean) | min (attacked encoder) | measured |", "|" + " --- |" * 12]
     for a in final_rows(aggs):
         factor, _, setting = a["arm"].partition("/")
         minutes = a.get("pretrain_seconds")
@@ -58,7 +102,7 @@ def table(aggs: list[dict[str, Any]]) -> list[str]:
                      f"{_pm(a, 'ca')} | {_pm(a, 'ba')} | "
                      f"**{_pm(a, 'asr')}** | {_pm(a, 'no_attack_asr')} | {_f(a.get('reference_accuracy'))} | "
                      f"{_f(a.get('pull_delta'), 3)} / {_f(a.get('pull_delta_clean'), 3)} | "
-                     f"{_f(minutes / 60 if minutes else None)} |")
+                     f"{_f(minutes / 60 if minutes else None)} | {a.get('measured', '–')} |")
     return lines
 
 
@@ -75,6 +119,34 @@ def along_training(aggs: list[dict[str, Any]]) -> list[str]:
             cells.append(f"{_f(a['asr'])} / {_f(a['no_attack_asr'])}" if a else "–")
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     return lines
+
+
+def by_class(aggs: list[dict[str, Any]]) -> list[str]:
+    """Each final encoder's ASR split over the classes whose images carry the trigger (clean twin in brackets)."""
+    rows = [a for a in final_rows(aggs) if a.get("asr_by_class")]
+    if not rows:
+        return []
+    classes = sorted({c for a in rows for c in a["asr_by_class"]})
+    lines = ["| arm | " + " | ".join(classes) + " | rank corr. with clean class accuracy |",
+             "|" + " --- |" * (len(classes) + 2)]
+    for a in rows:
+        mine, clean = a["asr_by_class"], a.get("asr_by_class_clean") or {}
+        cells = [f"{_f(mine.get(c), 0)} ({_f(clean.get(c), 0)})" if c in mine else "–" for c in classes]
+        rho = rank_corr(mine, a.get("class_accuracy_clean"))
+        lines.append(f"| {a['arm']} | " + " | ".join(cells) + f" | {_f(rho, 2)} |")
+    return lines
+
+
+def rank_corr(asr: dict[str, float], accuracy: dict[str, float] | None) -> float | None:
+    """Spearman's rho between a class's ASR and the clean probe's accuracy on it: negative when the trigger wins
+    where the probe is least sure of the image's own class."""
+    from scipy.stats import spearmanr
+
+    keys = [k for k in asr if k in (accuracy or {})]
+    if not accuracy or len(keys) < 3:
+        return None
+    rho = float(spearmanr([asr[k] for k in keys], [accuracy[k] for k in keys]).statistic)
+    return None if math.isnan(rho) else rho
 
 
 def figure(aggs: list[dict[str, Any]], path: Path) -> Path | None:
@@ -114,20 +186,23 @@ def main() -> int:
     ap.add_argument("--arms", action="append", help="only these arms (glob, repeatable)")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "where-it-forms.md")
+    ap.add_argument("--ledger", type=Path, default=ROOT / "docs" / "where-it-forms.json",
+                    help="the measurements the doc is written from; this invocation's arms are merged into it")
+    ap.add_argument("--no-run", action="store_true", help="rewrite the doc and figure from the ledger alone")
     args = ap.parse_args()
     configs = args.config or [DEFAULT]
     cfgs = [load_experiment(c, args.overrides) for c in configs]
     aggs: list[dict[str, Any]] = []
     seconds = 0.0
-    for cfg in cfgs:
+    for cfg in [] if args.no_run else cfgs:
         names = [a.name for a in cfg.expanded_arms()]
         only = [p for p in args.arms or () if any(fnmatch.fnmatchcase(n, p) for n in names)]
         if args.arms and not only:
             continue
         out = args.out if len(cfgs) == 1 else args.out / cfg.name
         result = run_experiment(cfg, out, progress=False, only=only, cache=args.cache or args.out / "cache")
-        seen = {a["arm"] for a in aggs}
-        aggs += [a for a in result["aggregates"] if a["arm"] not in seen]
+        today = datetime.date.today().isoformat()
+        aggs += [a | {"config": cfg.name, "measured": today} for a in result["aggregates"]]
         seconds += result["seconds"]
     for a in final_rows(aggs):
         print(json.dumps({"benchmark": "where_it_forms", "arm": a["arm"], "trials": a.get("trials"),
@@ -135,16 +210,24 @@ def main() -> int:
                           "no_attack_asr": a["no_attack_asr"], "reference_accuracy": a["reference_accuracy"],
                           "pull_delta": a["pull_delta"], "pull_delta_clean": a["pull_delta_clean"],
                           "minutes": round(a["pretrain_seconds"] / 60, 1) if a.get("pretrain_seconds") else None}))
+    aggs, caveats = merge(read_ledger(args.ledger), aggs), read_caveats(args.ledger)
+    write_ledger(args.ledger, aggs, caveats)
     fig = figure(aggs, args.doc.parent / "where_it_forms.png")
     shown = " ".join(f"--config {c.relative_to(ROOT) if c.is_relative_to(ROOT) else c}" for c in configs)
     lines = ["# Where the backdoor forms", "",
              f"Generated by `python benchmarks/where_it_forms.py {shown}` "
-             f"({seconds:.0f} s in the last invocation; cached stages are reused). Arms are "
+             f"({seconds:.0f} s in the last invocation; cached stages are reused), from the measurements merged "
+             f"in {args.ledger.name} (each row with the date it was measured). Arms are "
              "`factor/setting`; each changes one thing from the reference setting named in the config. What the "
              "measurements say, with the factors not yet measured: README.md, 'One factor at a time'.", "",
-             "## Final encoders", "", *table(aggs), ""]
+             *[f"**Note.** {c}\n" for c in caveats], "## Final encoders", "", *table(aggs), ""]
     if fig:
         lines += [f"![where it forms]({fig.name})", ""]
+    split = by_class(aggs)
+    if split:
+        lines += ["## ASR by the class of the triggered image (final encoders; the clean twin in brackets)", "",
+                  "Where the trigger wins over the image's own object and where it does not; arms measured "
+                  "before this split was recorded are not listed.", "", *split, ""]
     trail = along_training(aggs)
     if trail:
         lines += ["## Along training (ASR / no-attack ASR)", "", *trail, ""]
