@@ -416,10 +416,12 @@ def _print_summary(result: dict[str, Any], out: Path) -> None:
 
 def _add_demo(sub: Any, parents: dict[str, argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
-        "demo", help="the main job on the offline demo world: five arms, table, report (~10 min on 2 cores)",
+        "demo", help="the main job on the offline demo world: five arms, table, report (~10 min on 2 cores after a "
+        "clean base encoder trained once, ~15 min)",
         parents=[parents["set"], parents["quiet"]],
         description="Run No attack, SSL-Backdoor, CorruptEncoder, CorruptEncoder+ and CorruptEncoder under localized "
-        "cropping with the same poison budget on the procedurally generated demo world (no download), then print "
+        "cropping with the same poison budget on the procedurally generated demo world (no download), each arm a "
+        "short refresh of one clean base encoder (trained on the first run and cached in OUT/cache), then print "
         "the table, the diagnostics and where the report is. Re-running reuses every finished stage.")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (default runs/demo)")
     p.set_defaults(func=_cmd_demo)
@@ -430,7 +432,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from corruptencoder.experiment.runner import demo_config, run_experiment
 
     cfg = demo_config(args.overrides)
-    print(f"demo: {len(cfg.expanded_arms())} arms on the demo world -> {args.out} (first run generates the world)")
+    print(f"demo: {len(cfg.expanded_arms())} arms on the demo world -> {args.out} (the first run generates the world "
+          "and trains the clean base encoder every arm continues from, about 15 minutes on 2 cores, once)")
     result = run_experiment(cfg, args.out, progress=not args.quiet)
     _print_summary(result, args.out)
     print("\n" + demo_verdict(result))

@@ -126,14 +126,15 @@ def test_sweep_expands_into_arms(tmp_path: Path) -> None:
 def test_demo_verb_runs_small(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The packaged demo (five arms) end to end on a shrunken world: table, verdict, report."""
     sets = ["world.n_pretrain=150", "world.n_train_per_class=6", "world.n_test_per_class=6", "world.n_backgrounds=30",
-            "defaults.epochs=1", "defaults.num_poisons=15", "defaults.batch_size=32", "defaults.width=0.125",
+            "arms.0.epochs=1", "defaults.epochs=1", "defaults.num_poisons=15", "defaults.batch_size=32",
+            "defaults.width=0.125",
             "evaluation.checkpoints_every=0", "evaluation.probe_epochs=5", "pretrain.trainer.threads=1"]
     args = ["demo", "--out", str(tmp_path / "demo"), "--quiet"]
     for s in sets:
         args += ["--set", s]
     assert main(args) == 0
     out = capsys.readouterr().out
-    for arm in ("no-attack", "ssl-backdoor", "corruptencoder", "corruptencoder+", "ce-localized"):
+    for arm in ("base", "no-attack", "ssl-backdoor", "corruptencoder", "corruptencoder+", "ce-localized"):
         assert f"| {arm} |" in out
     assert "backdoor" in out and (tmp_path / "demo" / "report.md").is_file()
 

@@ -285,10 +285,10 @@ def read_results(path: Path) -> dict[str, Any]:
 SCALE_FINDINGS = (
     "Where it does form (measured on 2 CPU cores, README 'Where the backdoor forms'): "
     "`python benchmarks/where_it_forms.py --config configs/cpu-small/backdoor-forms.yaml` refreshes a clean "
-    "cpu-small MoCo-v2 encoder (17 min, trained once) for 30 epochs (about 6 min) on 500 poisons of target 'boat' "
-    "and scores the poisons' own 8 px trigger: ASR 35.9 +- 1.3 % vs 2.8 % on the clean twin over three seeds, 3.0x "
-    "SSL-Backdoor, BA 84.5 vs CA 84.2. The paper's >= 60 % is not reached on CPU. This demo scores a 6 px trigger "
-    "on 8-epoch encoders, where it does not show."
+    "cpu-small MoCo-v2 encoder (15 min, trained once) for 30 epochs (about 4.5 min) on 500 poisons of target 'boat' "
+    "and scores the poisons' own 8 px trigger: ASR 21.7 +- 3.4 % vs 1.8 % on the clean twin over three seeds, 5.2x "
+    "SSL-Backdoor, BA 85.9 vs CA 85.1; the packaged demo (10-epoch refresh) measured 13.9 % vs 2.3 %. The paper's "
+    ">= 60 % is not reached on CPU."
 )
 
 
