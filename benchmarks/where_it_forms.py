@@ -51,8 +51,7 @@ def _pm(a: dict[str, Any], key: str, digits: int = 1) -> str:
 # the aggregate fields the doc and the figure read (a ledger row keeps only these)
 KEEP = ("config", "arm", "epoch", "target", "trials", "attack", "ca", "ca_std", "ba", "ba_std", "asr", "asr_std",
         "no_attack_asr", "no_attack_asr_std", "reference_accuracy", "pull_delta", "pull_delta_clean",
-        "pretrain_seconds", "asr_by_class", "asr_by_class_clean",
-        "class_accuracy_clean", "measured")
+        "pretrain_seconds", "asr_by_class", "asr_by_class_clean", "class_accuracy_clean", "measured")
 
 
 def merge(ledger: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -63,18 +62,19 @@ def merge(ledger: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[
     return sorted(rows, key=lambda a: (a["arm"], a.get("config", ""), str(a["epoch"]).zfill(6)))
 
 
+def _load(path: Path) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return body
+
+
 def read_ledger(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    rows: list[dict[str, Any]] = json.loads(path.read_text(encoding="utf-8"))["rows"]
+    rows: list[dict[str, Any]] = _load(path).get("rows", [])
     return rows
 
 
 def read_caveats(path: Path) -> list[str]:
     """What a reader must know about the ledger's rows (written by hand into the ledger; shown in the doc)."""
-    if not path.is_file():
-        return []
-    caveats: list[str] = json.loads(path.read_text(encoding="utf-8")).get("caveats", [])
+    caveats: list[str] = _load(path).get("caveats", [])
     return caveats
 
 
@@ -194,6 +194,7 @@ def main() -> int:
     cfgs = [load_experiment(c, args.overrides) for c in configs]
     aggs: list[dict[str, Any]] = []
     seconds = 0.0
+    today = datetime.date.today().isoformat()
     for cfg in [] if args.no_run else cfgs:
         names = [a.name for a in cfg.expanded_arms()]
         only = [p for p in args.arms or () if any(fnmatch.fnmatchcase(n, p) for n in names)]
@@ -201,7 +202,6 @@ def main() -> int:
             continue
         out = args.out if len(cfgs) == 1 else args.out / cfg.name
         result = run_experiment(cfg, out, progress=False, only=only, cache=args.cache or args.out / "cache")
-        today = datetime.date.today().isoformat()
         aggs += [a | {"config": cfg.name, "measured": today} for a in result["aggregates"]]
         seconds += result["seconds"]
     for a in final_rows(aggs):

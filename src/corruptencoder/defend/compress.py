@@ -106,7 +106,7 @@ class CompRessDefence(EncoderDefence[CompRessOptions]):
 def distil(teacher: Path, data: str, opts: CompRessOptions, *, out: Path, exclude: list[str] | None = None,
            teacher_backbone: str | None = None, config: Path | None = None, preset: str | None = None,
            overrides: list[str] | None = None, backbone: str | None = None, width: float | None = None,
-           epochs: int | None = None, image_size: int | None = None, seed: int | None = None, resume: bool = False,
+           image_size: int | None = None, seed: int | None = None, resume: bool = False,
            overwrite: bool = False, progress: bool = True) -> tuple[Any, Any]:
     """CompRess on a user's clean data: the student defaults to the teacher's backbone and image size."""
     from corruptencoder.presets import apply_preset
@@ -134,7 +134,7 @@ def distil(teacher: Path, data: str, opts: CompRessOptions, *, out: Path, exclud
         over.append(f"method.queue_size={opts.queue_size}")
     for key, value in (("backbone.name", backbone or spec.get("name")), ("backbone.width", width or spec.get("width")),
                        ("data.image_size", image_size or meta.get("image_size")),
-                       ("optim.epochs", epochs or opts.epochs),
+                       ("optim.epochs", opts.epochs),
                        ("trainer.seed", seed), ("method.teacher_backbone", teacher_backbone)):
         if value is not None:
             over.append(f"{key}={value}")

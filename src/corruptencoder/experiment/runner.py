@@ -48,6 +48,11 @@ class StageLog:
                                  "seconds": round(seconds, 2), "what": what}) + "\n")
 
 
+# pre-training options added after caches of encoders existed, with their defaults: a config that leaves one at its
+# default hashes as it did before the option existed (the defences' counterpart: DefenceOptions.unkeyed_defaults)
+ADDED_LATER: dict[tuple[str, str], Any] = {("data", "decode"): "auto", ("optim", "final_lr_ratio"): 0.0}
+
+
 class Runner:
     def __init__(self, cfg: ExperimentConfig, run_dir: str | Path, *, progress: bool = True, device: str = "auto",
                  say: Callable[[str], None] = print, only: Sequence[str] = (),
@@ -180,10 +185,9 @@ class Runner:
         for k in ("progress", "accelerator", "devices", "threads", "log_every_n_steps"):
             body["trainer"].pop(k, None)
         body["data"].pop("workers", None)
-        if body["data"].get("decode") == "auto":  # added later: its default keeps every earlier key
-            body["data"].pop("decode")
-        if body["optim"].get("final_lr_ratio") == 0.0:  # the same
-            body["optim"].pop("final_lr_ratio")
+        for (section, key), default in ADDED_LATER.items():  # at their defaults they keep every earlier key
+            if body[section].get(key) == default:
+                body[section].pop(key)
         body["data"]["poisons"] = [Path(p).name for p in body["data"]["poisons"]]  # the craft hash
         return digest({"pretrain": body, "v": __version__})
 
