@@ -17,6 +17,7 @@ import numpy as np
 
 from corruptencoder import __version__
 from corruptencoder.experiment.config import ArmSpec, ExperimentConfig
+from corruptencoder.utils.hardware import describe as describe_hardware
 from corruptencoder.utils.outputs import write_json_atomic
 
 METRICS = ("ca", "ba", "asr", "no_attack_asr", "reference_accuracy", "reference_accuracy_clean",
@@ -25,6 +26,15 @@ METRICS = ("ca", "ba", "asr", "no_attack_asr", "reference_accuracy", "reference_
            "detect_precision", "detect_recall", "detect_auroc", "decree_pl1", "decree_pl1_clean", "decree_detected",
            "decree_detected_clean", "defence_seconds")
 KEYS = ("arm", "attack", "method", "defence", "sweep", "sweep_value", "target", "task", "epoch")
+
+
+def trained_on(hardware: dict[str, Any] | None) -> str | None:
+    """Where an encoder was trained, in a few words: the same seed trains another encoder on other kernels."""
+    if not hardware:
+        return None  # trained before run.json recorded it
+    if hardware.get("gpu"):
+        return f"{hardware['gpu']} (CUDA {hardware.get('cuda')})"
+    return f"{hardware.get('cpu')} ({hardware.get('cpu_capability')})"
 
 
 def collect_rows(cfg: ExperimentConfig, arm: ArmSpec, seed: int, task: str, epoch: int | None,
@@ -57,6 +67,7 @@ def collect_rows(cfg: ExperimentConfig, arm: ArmSpec, seed: int, task: str, epoc
             "defence_label": (meta.get("defence") or {}).get("label"),
             "defence_knob": (meta.get("defence") or {}).get("knob"),
             "defence_report": (meta.get("defence") or {}).get("report") or None,
+            "trained_on": trained_on(meta.get("hardware")),
         })
         det = ((meta.get("defence") or {}).get("report") or {}).get("detection") or {}
         for k in ("precision", "recall", "auroc"):
@@ -116,6 +127,8 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             agg[k] = round(float(np.mean(vals)), 4) if vals else None
         for k in ("defence_label", "defence_knob", "decree_threshold"):  # the same for every trial of an arm
             agg[k] = rs[0].get(k)
+        where = sorted({r["trained_on"] for r in rs if r.get("trained_on")})  # trials from several machines: all
+        agg["trained_on"] = "; ".join(where) or None
         top = [r.get("top_triggered_class") for r in rs if r.get("top_triggered_class")]
         agg["top_triggered_class"] = max(set(top), key=top.count) if top else None
         for k in ("asr_by_class", "asr_by_class_clean", "class_accuracy_clean"):
@@ -187,7 +200,7 @@ CSV_COLUMNS = ("experiment", "arm", "attack", "method", "defence", "sweep", "swe
                "num_poisons", "poison_ratio", "pretrain_seconds", "epochs_trained", "zs_ca", "zs_ba", "zs_asr",
                "zs_no_attack_asr", "defence_label", "detect_precision", "detect_recall", "detect_auroc", "decree_pl1",
                "decree_pl1_clean", "decree_verdict", "decree_detected", "decree_detected_clean", "defence_seconds",
-               "trials")
+               "trials", "trained_on")
 
 
 def write_results(run_dir: Path, cfg: ExperimentConfig, arms: Sequence[ArmSpec], rows: list[dict[str, Any]],
@@ -200,6 +213,8 @@ def write_results(run_dir: Path, cfg: ExperimentConfig, arms: Sequence[ArmSpec],
         "preset": cfg.preset, "seeds": cfg.seeds, "config": cfg.model_dump(mode="json"),
         "arms": [a.model_dump(mode="json") for a in arms], "rows": rows, "aggregates": aggs,
         "checks": target_checks(aggs), "seconds": round(seconds, 1), "stages": stages,
+        # where this process ran; an encoder taken from the cache carries its own in its run.json
+        "hardware": describe_hardware(),
     }
     write_json_atomic(run_dir / "results.json", result)
     with open(run_dir / "results.csv", "w", newline="", encoding="utf-8") as fh:

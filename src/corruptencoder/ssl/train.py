@@ -7,7 +7,8 @@ Output folder::
     OUT/encoders/epoch_010.pt    backbone snapshots every ``trainer.snapshot_every`` epochs
     OUT/logs/metrics.csv         loss and learning rate per step / epoch
     OUT/encoder.pt               the final backbone (torch.load(weights_only=True))
-    OUT/run.json                 status, epochs, seconds, images/s, data counts, skipped files
+    OUT/run.json                 status, epochs, seconds, images/s, data counts, skipped files, hardware
+                                 (another CPU's kernels train other weights from the same seed: utils/hardware.py)
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import yaml
 
 from corruptencoder.errors import Interrupted, UserError
 from corruptencoder.ssl.config import METHODS, PretrainConfig
+from corruptencoder.utils.hardware import describe as describe_hardware
 from corruptencoder.utils.outputs import write_json_atomic
 
 if TYPE_CHECKING:
@@ -458,7 +460,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False, over
             "poison_ratio": round(files.num_poisons / max(1, len(files)), 6),
             "skipped_images": len(skipped), "accelerator": rt["accelerator"], "precision": rt["precision"],
             "devices": rt["devices"] if isinstance(rt["devices"], int) else str(rt["devices"]),
-            "resumed_from": str(ckpt) if ckpt else None,
+            "resumed_from": str(ckpt) if ckpt else None, "hardware": describe_hardware(),
         })
         if skipped:
             log.warning("skipped %d unreadable image(s) during training; listed in %s", len(skipped),

@@ -1,0 +1,50 @@
+"""What a run's numbers depend on beyond its config and seed: library versions and the chips' kernels.
+
+Training here is bit-exact from one run to the next on one machine, but not across machines: the CPU's
+instruction set picks other kernels (another rounding), and a MoCo run diverges from there like another seed
+(measured: ``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2`` on an AVX-512 host moves weights by up to 2.3
+after two epochs). ``run.json`` and ``results.json`` record this so a rerun that differs can be told apart
+from a regression.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from functools import cache
+from typing import Any
+
+_KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "CUBLAS_WORKSPACE_CONFIG")
+
+
+@cache
+def cpu_model() -> str:
+    """The CPU's marketing name (Linux ``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe() -> dict[str, Any]:
+    """Versions, CPU model and kernel capability, threads, and the GPU (if one is visible)."""
+    import torch
+    import torchvision
+
+    out: dict[str, Any] = {
+        "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        # the environment variables that change kernels (and so the trained weights) when set
+        "kernel_env": {k: os.environ[k] for k in _KERNEL_ENV if k in os.environ},
+    }
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name(0)
+        out["gpu_count"] = torch.cuda.device_count()
+        out["cuda"] = torch.version.cuda
+        out["cudnn"] = torch.backends.cudnn.version()  # type: ignore[no-untyped-call]  # untyped in torch
+    return out
