@@ -63,3 +63,32 @@ def test_defence_table_has_one_row_per_defence_with_distillation_time() -> None:
     assert "| CompRess, 5 % clean data | moco | fish | – | 60.0 / 6.0 | 30 |" in lines
     assert "| CompRess, 20 % clean data | moco | fish | – | 65.0 / 7.0 | 50 |" in lines
     assert defence_table(aggs[:2]) == []  # one defence only: the main table says it all
+
+
+def _verdict(asr: float, clean: float) -> str:
+    from corruptencoder.experiment.report import demo_verdict
+
+    agg = {"epoch": "final", "sweep": None, "attack": "corruptencoder", "defence": "none", "asr": asr,
+           "no_attack_asr": clean, "reference_accuracy": 100.0, "pull_delta": 0.1, "pull_delta_clean": 0.02}
+    return demo_verdict({"aggregates": [agg]})
+
+
+def test_demo_verdict_reads_the_run_and_names_the_base_spread() -> None:
+    formed, weak = _verdict(13.9, 2.3), _verdict(5.6, 1.9)
+    assert "formed at this scale: +11.6 points" in formed and "did NOT form" not in formed
+    assert "did NOT form" in weak and "+3.7 points" in weak
+    for text in (formed, weak):  # a user's base is another base: the spread over bases is stated either way
+        assert "three bases" in text and "5.6, 16.9 and 30.2" in text
+
+
+def test_rows_and_aggregates_say_where_the_encoder_was_trained() -> None:
+    from corruptencoder.experiment.results import aggregate, trained_on
+
+    assert trained_on(None) is None  # an encoder from before run.json recorded it
+    cpu = trained_on({"cpu": "AMD EPYC", "cpu_capability": "AVX512"})
+    gpu = trained_on({"cpu": "x", "cpu_capability": "AVX2", "gpu": "NVIDIA H200", "cuda": "13.0"})
+    assert cpu == "AMD EPYC (AVX512)" and gpu == "NVIDIA H200 (CUDA 13.0)"
+    row = {"experiment": "e", "arm": "a", "attack": "corruptencoder", "method": "moco", "defence": "none",
+           "sweep": None, "sweep_value": None, "target": "boat", "task": "demo", "epoch": "final", "asr": 1.0}
+    agg = aggregate([{**row, "seed": 0, "trained_on": cpu}, {**row, "seed": 1, "trained_on": gpu}])[0]
+    assert agg["trials"] == 2 and agg["trained_on"] == f"{cpu}; {gpu}"

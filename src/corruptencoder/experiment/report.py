@@ -286,10 +286,13 @@ SCALE_FINDINGS = (
     "Where it does form (measured on 2 CPU cores, README 'Where the backdoor forms'): "
     "`python benchmarks/where_it_forms.py --config configs/cpu-small/backdoor-forms.yaml` refreshes a clean "
     "cpu-small MoCo-v2 encoder (15 min, trained once) for 30 epochs (about 4.5 min) on 500 poisons of target 'boat' "
-    "and scores the poisons' own 8 px trigger: ASR 21.7 +- 3.4 % vs 1.8 % on the clean twin over three seeds, 5.2x "
-    "SSL-Backdoor, BA 85.9 vs CA 85.1; the packaged demo (10-epoch refresh) measured 13.9 % vs 2.3 %. The paper's "
-    ">= 60 % is not reached on CPU."
+    "and scores the poisons' own 8 px trigger: ASR 17.6 +- 10.1 % vs 2.8 % on the clean twin over three bases, 3.5x "
+    "SSL-Backdoor, and with a 10 px trigger (arms trigger-10px/*) 36.2 +- 5.6 % vs 3.8 % (3.8x); the packaged "
+    "demo (10-epoch refresh) measured 13.9 % vs 2.3 %. The paper's >= 60 % is not reached on CPU."
 )
+#: how much of the demo's figure is its base: the same recipe on three bases (README 'Where the backdoor forms')
+BASE_SPREAD = ("Its size depends on the clean base more than on anything else: the same recipe on three bases scored "
+               "5.6, 16.9 and 30.2 %, and a base trained from the same seed on another CPU is another base.")
 
 
 def demo_verdict(result: dict[str, Any]) -> str:
@@ -304,8 +307,9 @@ def demo_verdict(result: dict[str, Any]) -> str:
              f"(reference accuracy {ce['reference_accuracy']}, feature pull {ce['pull_delta']} vs "
              f"{ce['pull_delta_clean']} clean)."]
     if lift >= 10:
-        lines.append(f"The backdoor formed at this scale: +{lift:.1f} points of ASR over the no-attack baseline.")
+        lines.append(f"The backdoor formed at this scale: +{lift:.1f} points of ASR over the no-attack baseline. "
+                     + BASE_SPREAD)
     else:
         lines.append(f"The backdoor did NOT form at this scale ({lift:+.1f} points over the no-attack baseline is "
-                     "within noise). " + SCALE_FINDINGS)
+                     "within noise). " + BASE_SPREAD + " " + SCALE_FINDINGS)
     return "\n".join(lines)
