@@ -288,11 +288,12 @@ SCALE_FINDINGS = (
     "cpu-small MoCo-v2 encoder (15 min, trained once) for 30 epochs (about 4.5 min) on 500 poisons of target 'boat' "
     "and scores the poisons' own 8 px trigger: ASR 17.6 +- 10.1 % vs 2.8 % on the clean twin over three bases, 3.5x "
     "SSL-Backdoor, and with a 10 px trigger (arms trigger-10px/*) 36.2 +- 5.6 % vs 3.8 % (3.8x); the packaged "
-    "demo (10-epoch refresh) measured 13.9 % vs 2.3 %. The paper's >= 60 % is not reached on CPU."
+    "demo (10-epoch refresh, 10 px) measured 28.2 % vs 1.1 %. The paper's >= 60 % is not reached on CPU."
 )
 #: how much of the demo's figure is its base: the same recipe on three bases (README 'Where the backdoor forms')
-BASE_SPREAD = ("Its size depends on the clean base more than on anything else: the same recipe on three bases scored "
-               "5.6, 16.9 and 30.2 %, and a base trained from the same seed on another CPU is another base.")
+BASE_SPREAD = ("Its size depends on the trigger and on the clean base: backdoor-forms' 30-epoch refresh on three bases "
+               "scored 5.6, 16.9 and 30.2 % with an 8 px trigger, 28.7, 38.0 and 42.0 % with 10 px, and a base trained "
+               "from the same seed on another CPU is another base.")
 
 
 def demo_verdict(result: dict[str, Any]) -> str:
