@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,14 @@ def assets(tmp_path: Path) -> dict[str, Path]:
     for i in range(2):
         object_scene(rng, 64, 48)[0].save(sup / f"s{i}.jpg")
     return {"backgrounds": bg, "references": refs, "support": sup, "root": tmp_path}
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now: DDP tests that derived theirs from the pid could collide with each other
+    (or with a port still in TIME_WAIT) and die at start-up."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def class_folder(root: Path, classes: list[str], n: int, size: tuple[int, int], seed: int = 0,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import class_folder
+from conftest import class_folder, free_port
 
 SCRIPT = textwrap.dedent('''
     import json, os, sys
@@ -55,7 +55,7 @@ def _run(tmp_path: Path, method: dict[str, object], name: str) -> list[dict[str,
     dumps = tmp_path / f"dumps-{name}"
     dumps.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(29600 + (os.getpid() + len(name)) % 900)}
+           "MASTER_PORT": str(free_port())}
     proc = subprocess.run([sys.executable, str(tmp_path / "script.py"), str(tmp_path / "cfg.json"),
                            str(tmp_path / f"out-{name}"), str(dumps)], capture_output=True, text=True,
                           timeout=300, env=env, cwd=tmp_path)

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import class_folder
+from conftest import class_folder, free_port
 from corruptencoder.cli import main
 from corruptencoder.errors import ConfigError, UserError
 from corruptencoder.ssl.config import PretrainConfig
@@ -212,7 +212,7 @@ def test_ddp_two_cpu_processes(tiny_data: Path, tmp_path: Path) -> None:
     cfg.write_text(yaml.safe_dump(tiny_config(tiny_data, **{"optim.epochs": 1}).model_dump(mode="json")))
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(29500 + os.getpid() % 1000)}
+           "MASTER_PORT": str(free_port())}
     proc = subprocess.run([sys.executable, "-m", "corruptencoder", "pretrain", "--config", str(cfg), "--out", str(out),
                            "--devices", "2", "--accelerator", "cpu", "--quiet"],
                           capture_output=True, text=True, timeout=240, env=env)
