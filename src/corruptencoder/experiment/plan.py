@@ -114,7 +114,12 @@ class PlanningRunner(Runner):
     def evaluate(self, arm: ArmSpec, seed: int, encoder: Path, clean: Path, poisons: Path | None,
                  task_name: str, image_size: int, epoch: int | None) -> dict[str, Any]:
         what = f"{arm.name} seed {seed} {task_name} epoch {epoch if epoch is not None else 'final'}"
-        self._add(PlannedStage("evaluate", what, what, False, f"probe: {self.cfg.evaluation.probe}"))
+        key, cached = what, False
+        # its key hashes the encoders' bytes: known (and maybe cached) once both encoders and the poisons exist
+        if encoder.is_file() and clean.is_file() and (poisons is None or (poisons / "manifest.jsonl").is_file()):
+            key = self.eval_key(arm, seed, encoder, clean, poisons, task_name, image_size)[0]
+            cached = (self.cache / "metrics" / f"{key}.json").is_file()
+        self._add(PlannedStage("evaluate", what, key, cached, f"probe: {self.cfg.evaluation.probe}"))
         return {}
 
     def collect(self, *args: Any) -> list[dict[str, Any]]:

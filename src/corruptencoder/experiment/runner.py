@@ -322,12 +322,10 @@ class Runner:
                                   ([s.path for s in discover_references(refs)] if refs else []), text=t.text))
         return out
 
-    def evaluate(self, arm: ArmSpec, seed: int, encoder: Path, clean: Path, poisons: Path | None,
-                 task_name: str, image_size: int, epoch: int | None) -> dict[str, Any]:
+    def eval_key(self, arm: ArmSpec, seed: int, encoder: Path, clean: Path, poisons: Path | None,
+                 task_name: str, image_size: int) -> tuple[str, Any, list[Any], tuple[int, int] | None]:
+        """The evaluation's cache key (from the encoders' bytes, so it exists once they do), with what it hashed."""
         from corruptencoder.evaluate.features import file_digest
-        from corruptencoder.evaluate.linear_probe import ProbeConfig
-        from corruptencoder.evaluate.run import EvalSettings, evaluate
-        from corruptencoder.evaluate.tasks import load_task
 
         e = self.cfg.evaluation
         tcfg = self.task_config(task_name, image_size)
@@ -340,6 +338,16 @@ class Runner:
                       "jpeg": e.trigger_jpeg_quality,
                       **({"text": [t.text for t in targets]} if any(t.text for t in targets) else {}),
                       "v": __version__})
+        return key, tcfg, targets, ets
+
+    def evaluate(self, arm: ArmSpec, seed: int, encoder: Path, clean: Path, poisons: Path | None,
+                 task_name: str, image_size: int, epoch: int | None) -> dict[str, Any]:
+        from corruptencoder.evaluate.linear_probe import ProbeConfig
+        from corruptencoder.evaluate.run import EvalSettings, evaluate
+        from corruptencoder.evaluate.tasks import load_task
+
+        e = self.cfg.evaluation
+        key, tcfg, targets, ets = self.eval_key(arm, seed, encoder, clean, poisons, task_name, image_size)
         path = self.cache / "metrics" / f"{key}.json"
         what = f"{arm.name} seed {seed} {task_name} epoch {epoch if epoch is not None else 'final'}"
         if path.is_file():
