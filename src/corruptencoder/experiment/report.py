@@ -292,8 +292,9 @@ SCALE_FINDINGS = (
 )
 #: how much of the demo's figure is its base: the same recipe on three bases (README 'Where the backdoor forms')
 BASE_SPREAD = ("Its size depends on the trigger and on the clean base: backdoor-forms' 30-epoch refresh on three bases "
-               "scored 5.6, 16.9 and 30.2 % with an 8 px trigger, 28.7, 38.0 and 42.0 % with 10 px, and a base trained "
-               "from the same seed on another CPU is another base.")
+               "scored 5.6, 16.9 and 30.2 % with an 8 px trigger, 28.7, 38.0 and 42.0 % with 10 px, 60.9, 62.6 and "
+               "65.4 % with 11 px (SSL-Backdoor: 2.6-8.9, 8.4-12.0, 25.0-38.1 %), and a base trained from the same "
+               "seed on another CPU is another base.")
 
 
 def demo_verdict(result: dict[str, Any]) -> str:
