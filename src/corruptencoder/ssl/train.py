@@ -465,8 +465,20 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False, over
         if skipped:
             log.warning("skipped %d unreadable image(s) during training; listed in %s", len(skipped),
                         out / "skipped.txt")
+    _close_process_group()
     return PretrainResult(out, encoder, int(trainer.current_epoch), seconds, throughput.images_per_second,
                           len(files), files.num_poisons)
+
+
+def _close_process_group() -> None:
+    """Wait for rank zero's files, then tear the process group down while the interpreter is whole: gloo's threads
+    left to the interpreter's exit can abort a finished rank ("terminate called without an active exception",
+    exit -6; seen in CI's 2-process DDP tests)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _as_interruption(exc: BaseException) -> int | None:
