@@ -440,6 +440,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False, over
         (out / "train_files.txt").write_text("".join(f"{f}\n" for f in names), encoding="utf-8")
     store.log_skipped_to(out / "skipped.txt")
     t0 = time.perf_counter()
+    caller_group = _process_group_open()  # a caller's own DDP program keeps its group; one Lightning opens is ours
     try:
         trainer.fit(model, loader, ckpt_path=str(ckpt) if ckpt else None)
     except BaseException as exc:
@@ -465,9 +466,16 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False, over
         if skipped:
             log.warning("skipped %d unreadable image(s) during training; listed in %s", len(skipped),
                         out / "skipped.txt")
-    _close_process_group()
+    if not caller_group:
+        _close_process_group()
     return PretrainResult(out, encoder, int(trainer.current_epoch), seconds, throughput.images_per_second,
                           len(files), files.num_poisons)
+
+
+def _process_group_open() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
 
 
 def _close_process_group() -> None:
@@ -476,7 +484,7 @@ def _close_process_group() -> None:
     exit -6; seen in CI's 2-process DDP tests)."""
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
+    if _process_group_open():
         dist.barrier()
         dist.destroy_process_group()
 
