@@ -3,9 +3,9 @@
 Runs an experiment config whose arms are named ``<factor>/<setting>`` (trigger, crop scale and
 resolution, continued pre-training, method and model, poison budget, ...), cached and resumable like
 any ``corruptencoder run``, then writes ``docs/where-it-forms.md`` (one table: factor, setting, CA,
-BA, ASR, no-attack ASR, reference accuracy, pull, minutes) and a figure, and prints one JSON line
-per arm. Every ASR is printed beside the no-attack ASR of the same trigger on the clean encoder of
-the same setting.
+BA, ASR, no-attack ASR, reference accuracy, pull, minutes, peak memory of the training process) and a
+figure, and prints one JSON line per arm. Every ASR is printed beside the no-attack ASR of the same
+trigger on the clean encoder of the same setting.
 
     python benchmarks/where_it_forms.py [--config configs/cpu-small/where-it-forms.yaml] [--out runs/where-it-forms]
         [--arms 'trigger/*'] [--doc docs/where-it-forms.md]
@@ -51,7 +51,8 @@ def _pm(a: dict[str, Any], key: str, digits: int = 1) -> str:
 # the aggregate fields the doc and the figure read (a ledger row keeps only these)
 KEEP = ("config", "arm", "epoch", "target", "trials", "attack", "ca", "ca_std", "ba", "ba_std", "asr", "asr_std",
         "no_attack_asr", "no_attack_asr_std", "reference_accuracy", "pull_delta", "pull_delta_clean",
-        "pretrain_seconds", "asr_by_class", "asr_by_class_clean", "class_accuracy_clean", "measured")
+        "pretrain_seconds", "pretrain_peak_rss_mb", "asr_by_class", "asr_by_class_clean", "class_accuracy_clean",
+        "measured")
 
 
 def merge(ledger: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -94,7 +95,7 @@ def final_rows(aggs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def table(aggs: list[dict[str, Any]]) -> list[str]:
     lines = ["| factor | setting | target | trials | CA | BA | ASR | no-attack ASR | ref. acc | "
-             "pull Δ (attacked / clean) | min (attacked encoder) | measured |", "|" + " --- |" * 12]
+             "pull Δ (attacked / clean) | min (attacked encoder) | peak MB | measured |", "|" + " --- |" * 13]
     for a in final_rows(aggs):
         factor, _, setting = a["arm"].partition("/")
         minutes = a.get("pretrain_seconds")
@@ -102,7 +103,8 @@ def table(aggs: list[dict[str, Any]]) -> list[str]:
                      f"{_pm(a, 'ca')} | {_pm(a, 'ba')} | "
                      f"**{_pm(a, 'asr')}** | {_pm(a, 'no_attack_asr')} | {_f(a.get('reference_accuracy'))} | "
                      f"{_f(a.get('pull_delta'), 3)} / {_f(a.get('pull_delta_clean'), 3)} | "
-                     f"{_f(minutes / 60 if minutes else None)} | {a.get('measured', '–')} |")
+                     f"{_f(minutes / 60 if minutes else None)} | {_f(a.get('pretrain_peak_rss_mb'), 0)} | "
+                     f"{a.get('measured', '–')} |")
     return lines
 
 
@@ -209,7 +211,8 @@ def main() -> int:
                           "ca": a["ca"], "ba": a["ba"], "asr": a["asr"], "asr_std": a.get("asr_std"),
                           "no_attack_asr": a["no_attack_asr"], "reference_accuracy": a["reference_accuracy"],
                           "pull_delta": a["pull_delta"], "pull_delta_clean": a["pull_delta_clean"],
-                          "minutes": round(a["pretrain_seconds"] / 60, 1) if a.get("pretrain_seconds") else None}))
+                          "minutes": round(a["pretrain_seconds"] / 60, 1) if a.get("pretrain_seconds") else None,
+                          "peak_rss_mb": a.get("pretrain_peak_rss_mb")}))
     aggs, caveats = merge(read_ledger(args.ledger), aggs), read_caveats(args.ledger)
     write_ledger(args.ledger, aggs, caveats)
     fig = figure(aggs, args.doc.parent / "where_it_forms.png")

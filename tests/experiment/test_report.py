@@ -52,16 +52,18 @@ def test_defence_table_has_one_row_per_defence_with_distillation_time() -> None:
         return {"arm": arm, "attack": attack, "defence": defence, "method": "moco", "target": "fish",
                 "epoch": "final", "sweep": None, "ca": acc, "ba": acc, "asr": asr, "asr_std": None,
                 "pretrain_seconds": secs, "defence_label": d.label() if d else "no defence",
-                "defence_knob": d.knob() if d else 0.0}
+                "defence_knob": d.knob() if d else 0.0,
+                "pretrain_peak_rss_mb": 1000 + secs if defence == "none" else None}
 
     aggs = [row("none/na", "none", "none", 70, 5, 100), row("none/ce", "corruptencoder", "none", 69, 40, 110),
             row("c5/ce", "corruptencoder", "compress", 60, 6, 30, {"fraction": 0.05}),
             row("c20/ce", "corruptencoder", "compress", 65, 7, 50, {"fraction": 0.2})]
     lines = defence_table(aggs)
     assert lines[0].startswith("| defence | method | target | No attack: CA / ASR | CorruptEncoder: BA / ASR |")
-    assert lines[2] == "| no defence | moco | fish | 70.0 / 5.0 | 69.0 / 40.0 | 105 |"
-    assert "| CompRess, 5 % clean data | moco | fish | – | 60.0 / 6.0 | 30 |" in lines
-    assert "| CompRess, 20 % clean data | moco | fish | – | 65.0 / 7.0 | 50 |" in lines
+    assert lines[0].endswith("| s per encoder | peak MB (training process) |")
+    assert lines[2] == "| no defence | moco | fish | 70.0 / 5.0 | 69.0 / 40.0 | 105 | 1110 |"  # the larger peak
+    assert "| CompRess, 5 % clean data | moco | fish | – | 60.0 / 6.0 | 30 | – |" in lines  # not measured: a dash
+    assert "| CompRess, 20 % clean data | moco | fish | – | 65.0 / 7.0 | 50 | – |" in lines
     assert defence_table(aggs[:2]) == []  # one defence only: the main table says it all
 
 

@@ -52,8 +52,10 @@ def test_outputs_and_encoder_roundtrip(tiny_data: Path, tmp_path: Path) -> None:
     assert model(torch.zeros(2, 3, 16, 16)).shape == (2, model.out_dim)
     raw = torch.load(out / "encoder.pt", weights_only=True)
     assert set(raw) == {"format", "backbone", "meta", "state_dict"}
-    hw = json.loads((out / "run.json").read_text())["hardware"]  # what a rerun elsewhere may differ by
+    run = json.loads((out / "run.json").read_text())
+    hw = run["hardware"]  # what a rerun elsewhere may differ by
     assert hw["torch"] == torch.__version__ and hw["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert run["peak_rss_mb"] > 50  # the training process's own peak (torch alone takes more)
 
 
 class StopAtEpoch:

@@ -82,9 +82,11 @@ def defence_table(aggs: Sequence[dict[str, Any]]) -> list[str]:
             acc = None if found is None else (found["ca"] if key == "none" else found["ba"])
             cells.append("–" if found is None else f"{_fmt(acc)} / {_fmt(found['asr'], found['asr_std'])}")
         secs = [a["pretrain_seconds"] for a in group if a.get("pretrain_seconds") is not None]
-        body.append([label, method, target, *cells, f"{sum(secs) / len(secs):.0f}" if secs else "–"])
+        peak = [a["pretrain_peak_rss_mb"] for a in group if a.get("pretrain_peak_rss_mb") is not None]
+        body.append([label, method, target, *cells, f"{sum(secs) / len(secs):.0f}" if secs else "–",
+                     f"{max(peak):.0f}" if peak else "–"])
     return _table(["defence", "method", "target", *[f"{n}: {'CA' if k == 'none' else 'BA'} / ASR" for k, n in attacks],
-                   "s per encoder"], body)
+                   "s per encoder", "peak MB (training process)"], body)
 
 
 def detection_table(aggs: Sequence[dict[str, Any]]) -> list[str]:

@@ -63,6 +63,7 @@ def collect_rows(cfg: ExperimentConfig, arm: ArmSpec, seed: int, task: str, epoc
             "n_test": enc["n_test"], "n_triggered": t["n_triggered"],
             "num_poisons": meta.get("num_poisons", 0), "poison_ratio": meta.get("poison_ratio", 0.0),
             "pretrain_seconds": meta.get("seconds"), "pretrain_img_s": meta.get("images_per_second"),
+            "pretrain_peak_rss_mb": meta.get("peak_rss_mb"), "pretrain_peak_gpu_mb": meta.get("peak_gpu_mb"),
             "epochs_trained": meta.get("epochs"), "poisons": str(poisons) if poisons else None,
             "defence_label": (meta.get("defence") or {}).get("label"),
             "defence_knob": (meta.get("defence") or {}).get("knob"),
@@ -122,7 +123,8 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             vals = [v for v in (_num(r.get(m)) for r in rs) if v is not None]
             agg[m] = round(float(np.mean(vals)), 3) if vals else None
             agg[f"{m}_std"] = round(float(np.std(vals)), 3) if len(vals) > 1 else (0.0 if vals else None)
-        for k in ("num_poisons", "poison_ratio", "pretrain_seconds", "epochs_trained"):
+        for k in ("num_poisons", "poison_ratio", "pretrain_seconds", "epochs_trained", "pretrain_peak_rss_mb",
+                  "pretrain_peak_gpu_mb"):
             vals = [v for v in (_num(r.get(k)) for r in rs) if v is not None]
             agg[k] = round(float(np.mean(vals)), 4) if vals else None
         for k in ("defence_label", "defence_knob", "decree_threshold"):  # the same for every trial of an arm
@@ -197,7 +199,8 @@ CSV_COLUMNS = ("experiment", "arm", "attack", "method", "defence", "sweep", "swe
                "epoch", "ca", "ba", "asr", "no_attack_asr", "reference_accuracy", "reference_accuracy_clean",
                "object_crop_accuracy", "pull_triggered", "pull_clean", "pull_delta", "pull_delta_clean",
                "clean_target_rate", "top_triggered_class", "top_triggered_share", "n_test", "n_triggered",
-               "num_poisons", "poison_ratio", "pretrain_seconds", "epochs_trained", "zs_ca", "zs_ba", "zs_asr",
+               "num_poisons", "poison_ratio", "pretrain_seconds", "pretrain_peak_rss_mb", "pretrain_peak_gpu_mb",
+               "epochs_trained", "zs_ca", "zs_ba", "zs_asr",
                "zs_no_attack_asr", "defence_label", "detect_precision", "detect_recall", "detect_auroc", "decree_pl1",
                "decree_pl1_clean", "decree_verdict", "decree_detected", "decree_detected_clean", "defence_seconds",
                "trials", "trained_on")

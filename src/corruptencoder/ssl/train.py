@@ -26,6 +26,7 @@ import yaml
 
 from corruptencoder.errors import Interrupted, UserError
 from corruptencoder.ssl.config import METHODS, PretrainConfig
+from corruptencoder.utils.hardware import PeakMemory
 from corruptencoder.utils.hardware import describe as describe_hardware
 from corruptencoder.utils.outputs import write_json_atomic
 
@@ -440,6 +441,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False, over
         (out / "train_files.txt").write_text("".join(f"{f}\n" for f in names), encoding="utf-8")
     store.log_skipped_to(out / "skipped.txt")
     t0 = time.perf_counter()
+    memory = PeakMemory()  # this stage's own peak, though an experiment runs its arms in one process
     caller_group = _process_group_open()  # a caller's own DDP program keeps its group; one Lightning opens is ours
     try:
         trainer.fit(model, loader, ckpt_path=str(ckpt) if ckpt else None)
@@ -461,7 +463,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False, over
             "poison_ratio": round(files.num_poisons / max(1, len(files)), 6),
             "skipped_images": len(skipped), "accelerator": rt["accelerator"], "precision": rt["precision"],
             "devices": rt["devices"] if isinstance(rt["devices"], int) else str(rt["devices"]),
-            "resumed_from": str(ckpt) if ckpt else None, "hardware": describe_hardware(),
+            "resumed_from": str(ckpt) if ckpt else None, "hardware": describe_hardware(), **memory.read(),
         })
         if skipped:
             log.warning("skipped %d unreadable image(s) during training; listed in %s", len(skipped),

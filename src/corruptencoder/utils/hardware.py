@@ -48,3 +48,62 @@ def describe() -> dict[str, Any]:
         out["cuda"] = torch.version.cuda
         out["cudnn"] = torch.backends.cudnn.version()  # type: ignore[no-untyped-call]  # untyped in torch
     return out
+
+
+class PeakMemory:
+    """The peak resident memory of this process over a block, and the GPU's peak allocation when one is used.
+
+    Linux keeps one high-water mark per process (``VmHWM``); writing ``5`` to ``/proc/self/clear_refs`` resets
+    it, so a stage that runs after another in the same process (an experiment's arms) reports its own peak.
+    Where the reset is refused the mark is the process's peak so far (``reset`` says which). Loader worker
+    processes are not counted: they hold the decoded-image cache's pages shared with this one.
+    """
+
+    def __init__(self) -> None:
+        self.reset = _reset_peak_rss()
+        try:
+            import torch
+
+            if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]  # else counts from the stage
+                torch.cuda.reset_peak_memory_stats()
+        except (ImportError, RuntimeError):
+            pass
+
+    def read(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"peak_rss_mb": _peak_rss_mb(), "peak_rss_since_stage_start": self.reset}
+        try:
+            import torch
+
+            if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
+                out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        except (ImportError, RuntimeError):
+            pass
+        return out
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb() -> float | None:
+    """``VmHWM`` of ``/proc/self/status`` in MiB, else ``getrusage``'s maximum (kB on Linux, bytes on macOS)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    try:
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return round(peak / 2**20 if sys.platform == "darwin" else peak / 1024, 1)
+    except (ImportError, OSError):
+        return None
