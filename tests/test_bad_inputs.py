@@ -282,6 +282,8 @@ CASES = [
     Case("analyze-betas-nan", ["analyze", "crops", "--betas", "nan", "--pairs", "5"], ("--betas", "nan")),
     Case("analyze-alphas-2", ["analyze", "crops", "--alphas", "2", "--pairs", "5"], ("--alphas",)),
     Case("analyze-pairs-0", ["analyze", "crops", "--pairs", "0"], ("--pairs",)),
+    Case("analyze-scale-reversed", ["analyze", "crops", "--scale", "0.9", "0.5", "--pairs", "5"], ("--scale", "0.9")),
+    Case("analyze-scale-zero", ["analyze", "crops", "--scale", "0", "1", "--pairs", "5"], ("--scale", "low")),
     Case("analyze-malformed-box", ["analyze", "crops", "{base}/poisons-bad", "--no-grid", "--pairs", "5"],
          ("manifest.jsonl:1", "object_box")),
     Case("analyze-json-proc", ["analyze", "crops", "--pairs", "5", "--alphas", "0.5", "--betas", "0.5", "--json",

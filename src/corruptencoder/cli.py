@@ -236,6 +236,8 @@ def _add_analyze(sub: Any, parents: dict[str, argparse.ArgumentParser]) -> None:
     c.add_argument("--pairs", type=int, default=200, help="view pairs per poison (default 200)")
     c.add_argument("--alphas", nargs="+", type=float, default=[0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
     c.add_argument("--betas", nargs="+", type=float, default=[0.1, 0.3, 0.5, 0.7, 0.9])
+    c.add_argument("--scale", nargs=2, type=float, metavar=("LOW", "HIGH"),
+                   help="crop-scale range of the views instead of the method's (a config's views.scale)")
     c.add_argument("--no-grid", action="store_true", help="skip the alpha/beta grid")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--json", type=Path, help="also write the numbers as JSON")
@@ -250,7 +252,8 @@ def _cmd_analyze_crops(args: argparse.Namespace) -> int:
     if args.json:
         check_writable(args.json, "--json")
     lines, result = crop_report(str(args.poisons) if args.poisons else None, args.method, args.policies, args.delta,
-                                args.pairs, args.alphas, args.betas, not args.no_grid, args.seed)
+                                args.pairs, args.alphas, args.betas, not args.no_grid, args.seed,
+                                tuple(args.scale) if args.scale else None)
     print("\n".join(lines))
     if args.json:
         write_json_atomic(args.json, result)

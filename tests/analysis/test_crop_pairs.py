@@ -41,3 +41,17 @@ def test_cli_on_a_poison_folder(assets: dict[str, Path], tmp_path: Path, capsys:
                  "--json", str(tmp_path / "a.json")]) == 0
     out = capsys.readouterr().out
     assert "random" in out and "localized" in out and (tmp_path / "a.json").is_file()
+
+
+def test_scale_override_sets_the_views_crop_range() -> None:
+    """--scale predicts an arm trained with another views.scale: large crops hold both, so they rarely split."""
+    from corruptencoder.analysis.crop_pairs import crop_report
+
+    def grid(scale: tuple[float, float] | None) -> dict[str, float]:
+        _, result = crop_report(None, "moco", ("random",), alphas=[0.5], betas=[0.5], pairs=160, scale=scale)
+        assert isinstance(result["grid"], dict)
+        return dict(result["grid"]["random"][0]) | {"scale": result["scale"]}
+
+    wide, default = grid((0.8, 1.0)), grid(None)
+    assert default["scale"] == [0.2, 1.0] and wide["scale"] == [0.8, 1.0]  # MoCo-v2's own range unless told
+    assert wide["split"] < default["split"] and wide["both"] > default["both"]

@@ -149,8 +149,11 @@ def crop_report(poisons: str | None, method: str = "moco",
                 policies: Sequence[CropPolicyName] = ("random", "localized", "none"),
                 delta: float = 0.2, pairs: int = 200, alphas: Sequence[float] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
                 betas: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9), grid: bool = True,
-                seed: int = 0) -> tuple[list[str], dict[str, object]]:
-    """The ``analyze crops`` report: the printed lines and the numbers (for ``--json``)."""
+                seed: int = 0, scale: tuple[float, float] | None = None) -> tuple[list[str], dict[str, object]]:
+    """The ``analyze crops`` report: the printed lines and the numbers (for ``--json``).
+
+    ``scale`` overrides the method's crop-scale range, as a pre-training config's ``views.scale`` does, so the
+    prediction can be set beside an arm trained with another lower bound."""
     import math
 
     from corruptencoder.errors import UserError
@@ -164,18 +167,23 @@ def crop_report(poisons: str | None, method: str = "moco",
         bad = [v for v in values if not 0.0 < v < 1.0]  # nan fails too
         if bad and grid:
             raise UserError(f"{flag}: {bad[0]} is outside (0, 1); give fractions such as 0.3 0.5 0.7")
+    if scale is not None and not (0.0 < scale[0] <= scale[1] <= 1.0):  # nan fails too
+        raise UserError(f"--scale {scale[0]} {scale[1]}: the crop-scale range must satisfy 0 < low <= high <= 1, "
+                        "e.g. --scale 0.2 1.0")
     lines: list[str] = []
-    result: dict[str, object] = {"method": method, "delta": delta}
+    result: dict[str, object] = {"method": method, "delta": delta,
+                                 "scale": list(policy_for(method, "random", delta, scale).scale)}
     if poisons:
         boxes = poisons_from_manifest(read_manifest(poisons))
         if not boxes:
             raise UserError(f"{poisons}: no poison with both an object box and a trigger box "
                             "(SSL-Backdoor and support poisons have no object box)")
-        lines.append(f"{poisons}: {len(boxes)} poisons, {pairs} view pairs each, {method} crops")
+        lines.append(f"{poisons}: {len(boxes)} poisons, {pairs} view pairs each, {method} crops"
+                     + (f" at scale {scale[0]:g}-{scale[1]:g}" if scale else ""))
         lines.append(f"{'policy':<12}{'split':>8}{'both':>8}{'P(obj view)':>13}{'P(trig view)':>14}{'P(one obj)':>12}")
         folder: dict[str, object] = {}
         for pol in policies:
-            s = estimate(boxes, policy_for(method, pol, delta), pairs, seed)
+            s = estimate(boxes, policy_for(method, pol, delta, scale), pairs, seed)
             folder[pol] = s.as_dict()
             lines.append(f"{pol:<12}{s.split:>8.3f}{s.both:>8.3f}{s.object_view:>13.3f}{s.trigger_view:>14.3f}"
                          f"{s.one_object:>12.3f}")
@@ -183,7 +191,7 @@ def crop_report(poisons: str | None, method: str = "moco",
     if grid:
         grids: dict[str, object] = {}
         for pol in policies:
-            rows = sweep(alphas, betas, policy_for(method, pol, delta), max(20, pairs // 2), seed)
+            rows = sweep(alphas, betas, policy_for(method, pol, delta, scale), max(20, pairs // 2), seed)
             grids[pol] = rows
             lines += ["", f"P(split) / P(both) over alpha (rows) and beta (columns), {pol} crops; "
                       "last column: 2*alpha*(1-alpha) vs measured P(exactly one object view)",
