@@ -67,6 +67,28 @@ def test_defence_table_has_one_row_per_defence_with_distillation_time() -> None:
     assert defence_table(aggs[:2]) == []  # one defence only: the main table says it all
 
 
+def test_defence_table_takes_the_no_attack_arm_not_the_base_it_continues() -> None:
+    """The demo's base (100 epochs, the arms' starting point) must not stand in for its 10-epoch no-attack arm."""
+    from corruptencoder.experiment.report import defence_table, init_sources
+
+    def row(arm: str, attack: str, defence: str, acc: float, asr: float, secs: float) -> dict[str, Any]:
+        return {"arm": arm, "attack": attack, "defence": defence, "method": "moco", "target": "boat",
+                "epoch": "final", "sweep": None, "ca": acc, "ba": acc, "asr": asr, "asr_std": None,
+                "pretrain_seconds": secs, "defence_label": None, "defence_knob": None}
+
+    config = {"defaults": {"init": "arm:base@0"}, "arms": [{"name": "base", "attack": "none", "init": None},
+                                                            {"name": "no-attack", "attack": "none"}]}
+    assert init_sources(config) == {"base"} and init_sources(None) == set()
+    aggs = [row("base", "none", "none", 79.5, 1.9, 900), row("no-attack", "none", "none", 81.6, 1.7, 70),
+            row("corruptencoder", "corruptencoder", "none", 81.1, 31.8, 72),
+            row("ce-localized", "corruptencoder", "localized", 81.7, 2.9, 71)]
+    lines = defence_table(aggs, init_sources(config))
+    assert "| no defence | moco | boat | 81.6 / 1.7 | 81.1 / 31.8 | 71 | – |" in lines  # base's 900 s left out
+    assert "| no defence | moco | boat | 79.5 / 1.9 |" in "\n".join(defence_table(aggs))  # not told: first found
+    # a start that is the only arm of its kind stays: nothing else can fill its cell
+    assert "79.5 / 1.9" in "\n".join(defence_table(aggs[:1] + aggs[2:], {"base"}))
+
+
 def _verdict(asr: float, clean: float) -> str:
     from corruptencoder.experiment.report import demo_verdict
 

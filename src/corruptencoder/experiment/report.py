@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,10 +61,23 @@ def attack_columns(attacks: set[str]) -> list[tuple[str, str]]:
     return [(n, heading(n)) for n in sorted(attacks, key=place)]
 
 
-def defence_table(aggs: Sequence[dict[str, Any]]) -> list[str]:
+def init_sources(config: dict[str, Any] | None) -> set[str]:
+    """Arms other arms continue from (``init: arm:NAME[@SEED]``): starting points, not arms of the comparison."""
+    config = config or {}
+    inits = [(config.get("defaults") or {}).get("init")] + [a.get("init") for a in config.get("arms") or []]
+    return {i[4:].partition("@")[0] for i in inits if isinstance(i, str) and i.startswith("arm:")}
+
+
+def defence_table(aggs: Sequence[dict[str, Any]], starts: Collection[str] = frozenset()) -> list[str]:
     """Table 4's shape: one row per defence, (BA or CA, ASR) per attack, and the training time per encoder
-    (for CompRess, the distillation alone)."""
+    (for CompRess, the distillation alone). An arm in ``starts`` (a base the others continue from) gives way to
+    another arm of the same attack and defence: the demo's no-attack cell is its 10-epoch twin, not the base."""
     rows = [a for a in aggs if a["epoch"] == "final" and a["sweep"] is None]
+    shadowed = {id(a) for a in rows if a["arm"] in starts and any(
+        b is not a and b["arm"] not in starts and (b["method"], b["target"], b["defence"], b["attack"],
+                                                    b.get("defence_knob")) ==
+        (a["method"], a["target"], a["defence"], a["attack"], a.get("defence_knob")) for b in rows)}
+    rows = [a for a in rows if id(a) not in shadowed]
     if len({a["defence"] for a in rows}) < 2:
         return []
     attacks = attack_columns({a["attack"] for a in rows})
@@ -190,7 +203,7 @@ def write_report(run_dir: Path, result: dict[str, Any]) -> Path:
     p = figures.asr_by_arm(aggs, figs / "asr_by_arm.png")
     if p:
         lines += [f"![ASR by arm](figures/{p.name})", ""]
-    dt = defence_table(aggs)
+    dt = defence_table(aggs, init_sources(result.get("config")))
     if dt:
         lines += ["## Defences (Table 4's shape)", "",
                   "Accuracy and ASR of each attack under each defence; the last column is the mean wall time "
