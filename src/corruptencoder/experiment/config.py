@@ -72,6 +72,14 @@ class TargetSpec(TargetBase):
         "images, as the paper)")
 
 
+def init_arm(init: str | None) -> tuple[str, str] | None:
+    """An arm's ``init: arm:NAME[@SEED]`` as ``(NAME, SEED or "")``; None for an encoder path or no init."""
+    if not init or not init.startswith("arm:"):
+        return None
+    name, _, pinned = init[4:].partition("@")
+    return name, pinned
+
+
 def _known(registry_names: list[str], value: str, what: str) -> str:
     if value != "none" and value not in registry_names:
         raise ValueError(f"unknown {what} {value!r}; use one of none, {', '.join(registry_names)}")
@@ -239,8 +247,8 @@ class ExperimentConfig(StrictModel):
             raise ConfigError(f"arm names must be unique; repeated: {', '.join(dup)} (set name: on the arms)")
         known = {t.name for t in self.targets}
         for a in out:
-            if a.init and a.init.startswith("arm:"):
-                ref, _, pinned = a.init[4:].partition("@")
+            if (parsed := init_arm(a.init)) is not None:
+                ref, pinned = parsed
                 if pinned and not pinned.isdigit():
                     raise ConfigError(f"arm {a.name}: init {a.init!r}: after '@' give a seed, e.g. arm:base@0")
                 if ref not in names:

@@ -63,21 +63,23 @@ def attack_columns(attacks: set[str]) -> list[tuple[str, str]]:
 
 def init_sources(config: dict[str, Any] | None) -> set[str]:
     """Arms other arms continue from (``init: arm:NAME[@SEED]``): starting points, not arms of the comparison."""
+    from corruptencoder.experiment.config import init_arm
+
     config = config or {}
     inits = [(config.get("defaults") or {}).get("init")] + [a.get("init") for a in config.get("arms") or []]
-    return {i[4:].partition("@")[0] for i in inits if isinstance(i, str) and i.startswith("arm:")}
+    return {parsed[0] for i in inits if isinstance(i, str) and (parsed := init_arm(i)) is not None}
 
 
 def defence_table(aggs: Sequence[dict[str, Any]], starts: Collection[str] = frozenset()) -> list[str]:
     """Table 4's shape: one row per defence, (BA or CA, ASR) per attack, and the training time per encoder
     (for CompRess, the distillation alone). An arm in ``starts`` (a base the others continue from) gives way to
     another arm of the same attack and defence: the demo's no-attack cell is its 10-epoch twin, not the base."""
+    def cell(a: dict[str, Any]) -> tuple[Any, ...]:
+        return a["method"], a["target"], a["defence"], a.get("defence_knob"), a["attack"]
+
     rows = [a for a in aggs if a["epoch"] == "final" and a["sweep"] is None]
-    shadowed = {id(a) for a in rows if a["arm"] in starts and any(
-        b is not a and b["arm"] not in starts and (b["method"], b["target"], b["defence"], b["attack"],
-                                                    b.get("defence_knob")) ==
-        (a["method"], a["target"], a["defence"], a["attack"], a.get("defence_knob")) for b in rows)}
-    rows = [a for a in rows if id(a) not in shadowed]
+    taken = {cell(a) for a in rows if a["arm"] not in starts}
+    rows = [a for a in rows if a["arm"] not in starts or cell(a) not in taken]
     if len({a["defence"] for a in rows}) < 2:
         return []
     attacks = attack_columns({a["attack"] for a in rows})

@@ -22,7 +22,7 @@ from corruptencoder import __version__
 from corruptencoder.demo import DEMO_TARGET
 from corruptencoder.errors import Interrupted, UserError
 from corruptencoder.experiment import stages
-from corruptencoder.experiment.config import ArmSpec, ExperimentConfig, TargetSpec
+from corruptencoder.experiment.config import ArmSpec, ExperimentConfig, TargetSpec, init_arm
 from corruptencoder.utils.outputs import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -158,9 +158,10 @@ class Runner:
         """The encoder an arm's continued pre-training starts from (trained first if needed)."""
         if not arm.init:
             return None
-        if not arm.init.startswith("arm:"):
+        parsed = init_arm(arm.init)
+        if parsed is None:
             return Path(arm.init)
-        name, _, pinned = arm.init[4:].partition("@")  # arm:NAME@SEED: one base encoder for every trial
+        name, pinned = parsed  # arm:NAME@SEED: one base encoder for every trial
         base_seed = int(pinned) if pinned else seed
         base = next(a for a in self.cfg.expanded_arms() if a.name == name)
         base = base.model_copy(update={"attack": "none", "defence": "none", "defence_args": {}})

@@ -61,24 +61,28 @@ class PeakMemory:
 
     def __init__(self) -> None:
         self.reset = _reset_peak_rss()
-        try:
-            import torch
-
-            if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]  # else counts from the stage
-                torch.cuda.reset_peak_memory_stats()
-        except (ImportError, RuntimeError):
-            pass
+        cuda = _cuda_in_use()  # not initialised yet: the stage's own allocations are all the peak counts
+        if cuda is not None:
+            cuda.reset_peak_memory_stats()
 
     def read(self) -> dict[str, Any]:
         out: dict[str, Any] = {"peak_rss_mb": _peak_rss_mb(), "peak_rss_since_stage_start": self.reset}
-        try:
-            import torch
-
-            if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
-                out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-        except (ImportError, RuntimeError):
-            pass
+        cuda = _cuda_in_use()
+        if cuda is not None:
+            out["peak_gpu_mb"] = round(cuda.max_memory_allocated() / 2**20, 1)
         return out
+
+
+def _cuda_in_use() -> Any:
+    """``torch.cuda`` where this process has initialised a GPU, else None (without initialising one)."""
+    try:
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
+            return torch.cuda
+    except (ImportError, RuntimeError):
+        pass
+    return None
 
 
 def _reset_peak_rss() -> bool:
