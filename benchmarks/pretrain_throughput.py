@@ -20,7 +20,10 @@ the GPU, or on the CPU where there is none).
     python benchmarks/pretrain_throughput.py [--threads 2] [--steps 12] [--methods moco simclr]
     python benchmarks/pretrain_throughput.py --image-size 224 --data DIR --backbones resnet18 --methods moco
     python benchmarks/pretrain_throughput.py --loader-only [--image-size 224] [--data DIR] [--workers 2]
-    python benchmarks/pretrain_throughput.py --image-size 224 --data DIR --decode device   # on a GPU
+    python benchmarks/pretrain_throughput.py --image-size 224 --data DIR --decode host device --compile 0 1  # GPU
+
+A small ``--data`` folder is repeated in a file list up to the images a measurement needs; at 224 px nothing is
+cached in memory (as for ImageNet-100). ``benchmarks/gpu/check.sh`` runs the 224 px measurements on a GPU machine.
 
 A 224 px pipeline run wants real photos (``--data``, e.g. an ImageNet class folder or the Places365
 backgrounds): the demo world's images are 64 px and would be upsampled.
@@ -49,25 +52,43 @@ BACKBONES = {"small_cnn": {"name": "small_cnn", "width": 1.0},
 
 
 def config(method: str, backbone: str, batch: int, data: str, epochs: int, max_images: int, workers: int | None,
-           accelerator: str, image_size: int = 32, decode: str = "auto") -> PretrainConfig:
+           accelerator: str, image_size: int = 32, decode: str = "auto", compile: bool = False) -> PretrainConfig:
+    # at 224 px nothing is cached in memory, as for ImageNet-100 (126k photos): every image is decoded each time
     return PretrainConfig.model_validate({
         "method": {"name": method, **({"queue_size": 4096} if method == "moco" else {})},
         "data": {"clean": data, "image_size": image_size, "max_images": max_images, "workers": workers,
-                 "decode": decode},
+                 "decode": decode, "cache": "none" if image_size >= 128 else "auto"},
         "backbone": BACKBONES[backbone], "views": {"blur": False},
         "optim": {"batch_size": batch, "epochs": epochs},
-        "trainer": {"progress": False, "accelerator": accelerator},
+        "trainer": {"progress": False, "accelerator": accelerator, "compile": compile},
     })
+
+
+def enough_images(data: str, needed: int, folder: Path) -> str:
+    """``data``, or a file list repeating its images up to ``needed`` (a small folder such as the 650 Places365
+    backgrounds would otherwise end an epoch every 2-3 batches at batch 256, and each epoch's first batch is not
+    counted)."""
+    from corruptencoder.utils.files import list_images
+
+    files = [str(f) for f in list_images(Path(data))] if Path(data).is_dir() else []
+    if not files or len(files) >= needed:
+        return data
+    listing = folder / "images.txt"
+    listing.write_text("".join(f"{f}\n" for f in (files * (needed // len(files) + 1))[:needed]))
+    return str(listing)
 
 
 def model_only(cfg: PretrainConfig, steps: int, device: str) -> float:
     model = method_class(cfg.method.name)(cfg).to(device)
+    if cfg.trainer.compile:  # as train.py does
+        model.backbone = torch.compile(model.backbone)
     opt = model.configure_optimizers()["optimizer"]
     bs = cfg.optim.batch_size
     views = [torch.randint(0, 256, (bs, 3, v.size, v.size), dtype=torch.uint8, device=device) for v in model.plan.views]
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
     t = 0.0
-    for i in range(steps + 2):
+    warm = 2 + (3 if cfg.trainer.compile else 0)  # compiling takes the first steps (and recompiles once)
+    for i in range(steps + warm):
         if device == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -79,7 +100,7 @@ def model_only(cfg: PretrainConfig, steps: int, device: str) -> float:
         opt.step()
         if device == "cuda":
             torch.cuda.synchronize()
-        if i >= 2:  # warm-up steps excluded
+        if i >= warm:  # warm-up steps excluded
             t += time.perf_counter() - t0
     return steps * bs / t
 
@@ -139,8 +160,12 @@ def main() -> int:
     ap.add_argument("--decoders", nargs="+", default=["pil", "auto", "bytes", "device"],
                     choices=["pil", "auto", "bytes", "device"],
                     help="--loader-only: the paths to time (see loader_only)")
-    ap.add_argument("--decode", choices=["auto", "host", "device"], default="auto",
-                    help="pipeline: data.decode of the pre-training runs")
+    ap.add_argument("--decode", nargs="+", choices=["auto", "host", "device"], default=["auto"],
+                    help="pipeline: data.decode of the pre-training runs (several: one line each)")
+    ap.add_argument("--compile", nargs="+", type=int, choices=[0, 1], default=[0],
+                    help="pipeline and model-only: trainer.compile off (0) and/or on (1), one line each")
+    ap.add_argument("--worker-counts", nargs="+", type=int,
+                    help="--loader-only: these numbers of loader workers (default 1..--workers)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -155,18 +180,20 @@ def main() -> int:
         files = [str(f) for f in list_images(folder)]
         for decoder in args.decoders:
             # a fresh process per measurement: the decoder switch and loader workers start clean
-            here, last = str(Path(__file__).parent), (args.workers or 2) + 1
+            here = str(Path(__file__).parent)
+            counts = [0, *(args.worker_counts or range(1, (args.workers or 2) + 1))]
             code = (f"import json, sys; sys.path.insert(0, {here!r}); from pretrain_throughput import loader_only; "
                     f"print(json.dumps([loader_only(json.loads(sys.argv[1]), {args.image_size}, {decoder!r}, w, "
-                    f"{args.images}) for w in range({last})]))")
+                    f"{args.images}) for w in {counts!r}]))")
             out = subprocess.run([sys.executable, "-c", code, json.dumps(files)], capture_output=True, text=True,
                                  check=True).stdout
             rates = json.loads(out.strip().splitlines()[-1])
+            pooled = [(w, r) for w, r in zip(counts, rates, strict=True) if w]
             print(json.dumps({"benchmark": "loader_only", "data": str(folder), "images": len(files),
                               "image_size": args.image_size, "decoder": decoder,
                               "in_process_img_s": round(rates[0], 1),
-                              "workers_img_s": {str(w): round(r, 1) for w, r in enumerate(rates) if w},
-                              "per_worker_img_s": {str(w): round(r / w, 1) for w, r in enumerate(rates) if w}}),
+                              "workers_img_s": {str(w): round(r, 1) for w, r in pooled},
+                              "per_worker_img_s": {str(w): round(r / w, 1) for w, r in pooled}}),
                   flush=True)
         return 0
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -174,21 +201,28 @@ def main() -> int:
     data = args.data or str(demo_world() / "pretrain")
     for backbone in args.backbones:
         for method in args.methods:
-            # ResNet-18 at full width is ~45 img/s on 2 CPU threads: fewer steps there
-            steps = args.steps if (device == "cuda" or backbone != "resnet18") else max(4, args.steps // 3)
-            bs = args.batch
-            cfg = config(method, backbone, bs, data, 1, bs * (steps + 2), args.workers,
-                         "gpu" if device == "cuda" else "cpu", size, args.decode)
-            a = model_only(cfg, steps, device)
-            with tempfile.TemporaryDirectory() as tmp:
-                res = pretrain(cfg, Path(tmp) / "run", progress=False)
-            b = res.images_per_second
-            print(json.dumps({"benchmark": "pretrain_throughput", "device": device,
-                              "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
-                              "threads": args.threads, "method": method, "backbone": backbone, "image_size": size,
-                              "data": data, "batch": bs, "model_only_img_s": round(a, 1),
-                              "pipeline_img_s": round(b, 1), "ratio": round(b / a, 3),
-                              "pipeline_share_pct": round(100 * b / a, 1)}), flush=True)
+            for compiled in args.compile:  # uncompiled first: a call cut short by its time limit keeps those
+                for decode in args.decode:
+                    # ResNet-18 at full width is ~45 img/s on 2 CPU threads: fewer steps there
+                    steps = args.steps if (device == "cuda" or backbone != "resnet18") else max(4, args.steps // 3)
+                    bs = args.batch
+                    with tempfile.TemporaryDirectory() as tmp:
+                        needed = bs * (steps + 2)
+                        cfg = config(method, backbone, bs, enough_images(data, needed, Path(tmp)), 1, needed,
+                                     args.workers, "gpu" if device == "cuda" else "cpu", size, decode, bool(compiled))
+                        a = model_only(cfg, steps, device)
+                        res = pretrain(cfg, Path(tmp) / "run", progress=False)
+                        ran = json.loads((Path(tmp) / "run" / "run.json").read_text())
+                    b = res.images_per_second
+                    print(json.dumps({"benchmark": "pretrain_throughput", "device": device,
+                                      "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
+                                      "threads": args.threads, "method": method, "backbone": backbone,
+                                      "image_size": size, "data": data, "batch": bs, "decode": decode,
+                                      "compile": bool(compiled), "workers": ran.get("loader_workers"),
+                                      "decode_on": ran.get("decode_on"), "precision": ran.get("precision"),
+                                      "model_only_img_s": round(a, 1), "pipeline_img_s": round(b, 1),
+                                      "ratio": round(b / a, 3), "pipeline_share_pct": round(100 * b / a, 1)}),
+                          flush=True)
     return 0
 
 

@@ -286,6 +286,19 @@ def test_world_deterministic_and_independent_of_other_counts(tmp_path: Path, tin
     assert _sha(tmp_path / "seed4" / "downstream/test/car/00001.png") != _sha(out / "downstream/test/car/00001.png")
 
 
+def test_world_bytes_do_not_depend_on_the_workers(tmp_path: Path) -> None:
+    cfg = WorldConfig(image_size=16, seed=5, classes=TINY_CLASSES)
+    counts = dict(n_pretrain=40, n_train_per_class=2, n_test_per_class=2, target="fish", n_references=2, n_support=1,
+                  n_backgrounds=3)
+    generate_world(tmp_path / "one", cfg, workers=1, **counts)
+    generate_world(tmp_path / "two", cfg, workers=2, **counts)  # a pool of two processes renders it
+    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*") if p.is_file())
+    assert len(files) > 50
+    assert files == sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two").rglob("*") if p.is_file())
+    for rel in files:
+        assert _sha(tmp_path / "one" / rel) == _sha(tmp_path / "two" / rel), rel
+
+
 def test_refuses_existing_nonempty_folder(tmp_path: Path) -> None:
     out = tmp_path / "w"
     out.mkdir()
@@ -358,6 +371,14 @@ def test_target_must_be_in_classes(tmp_path: Path) -> None:
     assert S.DEFAULT_TARGET in CLASS_NAMES
     with pytest.raises(UserError, match="target"):
         generate_world(tmp_path / "w", WorldConfig(image_size=16, classes=("sun", "star")), n_pretrain=0)
+
+
+def test_demo_world_key_is_stable() -> None:
+    """Every cached encoder's key holds the world's path: a new generate_world option (workers) must not move it.
+    Change this digest only with the world's content (WORLD_VERSION)."""
+    from corruptencoder.demo import demo_world
+
+    assert demo_world(generate=False).name == "world-899e4694afd1"
 
 
 def test_ensure_world_caches(tmp_path: Path) -> None:

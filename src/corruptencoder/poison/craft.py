@@ -12,14 +12,10 @@ removed by the next run into the same parent folder (``utils/outputs.py``).
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import multiprocessing as mp
 import os
-import threading
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import InvalidStateError, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,8 +29,7 @@ from corruptencoder.poison.base import ImageAttack, Job, RenderResult, save_imag
 from corruptencoder.poison.config import ATTACKS, CraftConfig, CraftTarget
 from corruptencoder.poison.manifest import IMAGES, SUMMARY, trigger_file, write_manifest, write_pairs
 from corruptencoder.utils.outputs import atomic_output_dir, check_output_dir, write_json_atomic
-from corruptencoder.utils.progress import progress_bar
-from corruptencoder.utils.signals import die_with_parent, signals_deferred
+from corruptencoder.utils.parallel import process_map
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +71,7 @@ def plan_jobs(attacks: Sequence[ImageAttack[Any]], seed: int, ext: str) -> list[
 _STATE: dict[str, Any] = {}
 
 
-def _init_worker(attacks: Sequence[ImageAttack[Any]], out: Path, run: CraftConfig, parent: int | None = None) -> None:
-    if parent is not None:  # a pool worker: never outlive the parent, leave Ctrl-C to it
-        die_with_parent(parent)
+def _init_worker(attacks: Sequence[ImageAttack[Any]], out: Path, run: CraftConfig) -> None:
     _STATE.update(attacks=attacks, out=out, run=run)
 
 
@@ -90,78 +83,12 @@ def _render(job: Job) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     return result.record, result.skipped
 
 
-def max_workers() -> int:
-    """More processes than this only add memory and start-up time (the output never depends on it)."""
-    return max(1, 4 * (os.cpu_count() or 1))
-
-
-def _stop_workers(pool: ProcessPoolExecutor) -> None:
-    """Stop the pool's processes now (SIGTERM, then SIGKILL), before their temp folder is removed: a
-    worker still rendering would otherwise write into it again after the removal."""
-    procs = list((getattr(pool, "_processes", None) or {}).values())  # the executor's own, by pid
-    manager = getattr(pool, "_executor_manager_thread", None)
-    with signals_deferred(), _quiet_broken_pool(manager):
-        for proc in procs:
-            if proc.is_alive():
-                proc.terminate()
-        pool.shutdown(wait=False, cancel_futures=True)
-        deadline = time.monotonic() + 5.0
-        for proc in procs:
-            proc.join(max(0.0, deadline - time.monotonic()))
-            if proc.is_alive():
-                proc.kill()
-                proc.join(1.0)
-        if manager is not None:
-            manager.join(max(1.0, deadline - time.monotonic()))
-        queue = getattr(pool, "_call_queue", None)  # jobs no worker will read: never wait for them at exit
-        if queue is not None:
-            with contextlib.suppress(Exception):
-                queue.cancel_join_thread()
-
-
-@contextlib.contextmanager
-def _quiet_broken_pool(manager: threading.Thread | None) -> Iterator[None]:
-    """Python 3.11's executor thread, finding its workers gone, sets an exception on the futures that map()
-    already cancelled and dies printing InvalidStateError (fixed in later Pythons); that thread's death is
-    the intended end here, so its traceback is not shown."""
-    previous = threading.excepthook
-
-    def hook(args: threading.ExceptHookArgs) -> None:
-        if args.thread is manager and args.exc_type is InvalidStateError:
-            return
-        previous(args)
-
-    threading.excepthook = hook
-    try:
-        yield
-    finally:
-        threading.excepthook = previous
-
-
 def _run_jobs(jobs: list[Job], attacks: Sequence[ImageAttack[Any]], out: Path, run: CraftConfig,
               progress: bool) -> Iterator[tuple[dict[str, Any], list[tuple[str, str]]]]:
-    bar = progress_bar(total=len(jobs), desc="crafting", unit="img", enabled=progress)
-    workers = min(run.workers, len(jobs), max_workers())
     try:
-        if workers <= 1:
-            _init_worker(attacks, out, run)
-            for job in jobs:
-                yield _render(job)
-                bar.update()
-        else:
-            ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-            chunk = max(1, min(16, len(jobs) // (workers * 8)))
-            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                     initargs=(attacks, out, run, os.getpid())) as pool:
-                try:
-                    for item in pool.map(_render, jobs, chunksize=chunk):
-                        yield item
-                        bar.update()
-                except BaseException:
-                    _stop_workers(pool)
-                    raise
+        yield from process_map(_render, jobs, workers=run.workers, initializer=_init_worker,
+                               initargs=(attacks, out, run), desc="crafting", progress=progress)
     finally:
-        bar.close()  # a bar ends its line; a log line is printed only for a finished stage
         _STATE.clear()
 
 

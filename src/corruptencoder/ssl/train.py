@@ -379,6 +379,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False, over
     cache = cache_modes[cfg.data.cache]
     model = method_class(cfg.method.name)(cfg)
     collate: Any = collate_views
+    decode_on = "host"  # where the training images are decoded and cropped (run.json)
     if clip:
         from corruptencoder.data.datasets import PairDataset
         from corruptencoder.ssl.clip_model import CaptionTokens, context_length
@@ -393,6 +394,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False, over
         if device_decode_wanted(cfg.data.decode, rt["gpu"], store):
             dataset = EncodedViewDataset(store, model.plan)
             collate = collate_encoded(tuple(v.size for v in model.plan.views))
+            decode_on = "device"
             log.info("decoding and cropping on the device (data.decode=%s)", cfg.data.decode)
         else:
             dataset = ViewDataset(store, model.plan.crop)
@@ -464,6 +466,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False, over
             "skipped_images": len(skipped), "accelerator": rt["accelerator"], "precision": rt["precision"],
             "devices": rt["devices"] if isinstance(rt["devices"], int) else str(rt["devices"]),
             "resumed_from": str(ckpt) if ckpt else None, "hardware": describe_hardware(), **memory.read(),
+            "loader_workers": rt["workers"], "decode_on": decode_on,
         })
         if skipped:
             log.warning("skipped %d unreadable image(s) during training; listed in %s", len(skipped),
