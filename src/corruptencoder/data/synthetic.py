@@ -1294,9 +1294,12 @@ def generate_world(
         for folder in sorted({str(Path(stem).parent) for stem, _, _, _ in jobs}):
             (tmp / folder).mkdir(parents=True, exist_ok=True)
         n_workers = workers if workers is not None else default_workers() if len(jobs) >= _POOL_MIN_JOBS else 1
-        for _ in process_map(_render_world_job, jobs, workers=n_workers, initializer=_init_world_worker,
-                             initargs=(config, tmp), desc="demo world", progress=progress):
-            pass
+        try:
+            for _ in process_map(_render_world_job, jobs, workers=n_workers, initializer=_init_world_worker,
+                                 initargs=(config, tmp), desc="demo world", progress=progress):
+                pass
+        finally:
+            _WORLD.clear()  # as crafting's state: nothing of a finished world stays in this process
         write_json_atomic(tmp / "world.json", summary)
     return summary
 
