@@ -7,6 +7,7 @@ The default config uses the demo world; the same config runs unchanged on a real
 pointing ``data.clean`` and the task's ``root`` at it.
 
     python benchmarks/scale_sweep.py [--config configs/cpu-small/scale-sweep.yaml] [--out runs/scale-sweep]
+        [--cache CACHE] [--arms 'trigger-11px/*']
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from corruptencoder.experiment.config import load_experiment
+from corruptencoder.experiment.figures import pyplot, save
 from corruptencoder.experiment.runner import run_experiment
 
 DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "cpu-small" / "scale-sweep.yaml"
@@ -28,11 +30,7 @@ def _f(v: Any) -> float:
 
 
 def figure(aggs: list[dict[str, Any]], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     points = sorted({a["arm"] for a in aggs if a["attack"] != "none"})
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     for arm in points:
@@ -49,10 +47,7 @@ def figure(aggs: list[dict[str, Any]], path: Path) -> Path:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def table(aggs: list[dict[str, Any]]) -> list[str]:
@@ -71,10 +66,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", type=Path, default=DEFAULT)
     ap.add_argument("--out", type=Path, default=Path("runs/scale-sweep"))
+    ap.add_argument("--cache", type=Path, help="stage cache (default OUT/cache)")
+    ap.add_argument("--arms", action="append", help="only these arms (glob, repeatable)")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     args = ap.parse_args()
     cfg = load_experiment(args.config, args.overrides)
-    result = run_experiment(cfg, args.out, progress=False)
+    result = run_experiment(cfg, args.out, progress=False, only=args.arms or (),
+                            cache=args.cache or args.out / "cache")
     aggs = result["aggregates"]
     for a in aggs:
         if a["attack"] != "none":

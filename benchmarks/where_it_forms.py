@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from corruptencoder.experiment.config import load_experiment
+from corruptencoder.experiment.figures import pyplot, save
 from corruptencoder.experiment.runner import run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,11 +153,7 @@ def rank_corr(asr: dict[str, float], accuracy: dict[str, float] | None) -> float
 
 
 def figure(aggs: list[dict[str, Any]], path: Path) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = final_rows(aggs)
     if not rows:
         return None
@@ -173,11 +170,7 @@ def figure(aggs: list[dict[str, Any]], path: Path) -> Path | None:
     ax.set_ylabel("%")
     ax.set_title("Where the backdoor forms (cpu-small, one factor at a time)", fontsize=10)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def main() -> int:

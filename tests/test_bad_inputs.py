@@ -344,6 +344,9 @@ CASES = [
     # -- run: config errors at load time, before the demo world is generated
     Case("run-misspelt-pretrain-key", ["run", "{tmp}/exp.yaml", "--out", "{out}"], ("optim.epochz", "unknown key"),
          setup=_run_config(lambda c: c["pretrain"].update(optim={"epochz": 3}))),
+    Case("run-misspelt-arm-key", ["run", "{tmp}/exp.yaml", "--out", "{out}"], ("exp.yaml", "arms.1", "atack",
+                                                                               "unknown key"),
+         setup=_run_config(lambda c: c["arms"][1].update(atack="none"))),
     Case("run-layout-wdie", ["run", "{tmp}/exp.yaml", "--out", "{out}"], ("layout",),
          setup=_run_config(lambda c: c["arms"][1].update(layout="wdie"))),
     Case("run-temperature-0", ["run", "{tmp}/exp.yaml", "--out", "{out}"], ("method.temperature",),

@@ -90,7 +90,7 @@ def test_interrupted_run_resumes_without_redoing(tmp_path: Path, monkeypatch: py
     monkeypatch.setattr(Runner, "evaluate", boom)
     with pytest.raises(KeyboardInterrupt):
         Runner(cfg, run, progress=False, say=lambda s: None).run()
-    assert counts(run) == {"pretrain": 1}  # stopped between stages
+    assert counts(run) == {"craft": 1, "pretrain": 1}  # every poison first, then stopped between stages
     monkeypatch.setattr(Runner, "evaluate", real)
     mark = n_lines(run)
     Runner(cfg, run, progress=False, say=lambda s: None).run()
@@ -209,3 +209,12 @@ def test_an_arm_runs_only_its_own_seeds(tmp_path: Path) -> None:
     bad["arms"][0]["seeds"] = [3]
     with pytest.raises(ConfigError, match=r"arm base: seeds \[3\] are not among the experiment's seeds \[0, 1\]"):
         load_experiment(write(tmp_path, bad, "bad.yaml"))
+
+
+def test_a_crafting_error_stops_the_run_before_any_pretraining(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = {**TINY, "arms": [*TINY["arms"], {"name": "ce-big", "attack": "corruptencoder", "trigger_size": 24}]}
+    run = tmp_path / "run"
+    assert main(["run", str(write(tmp_path, cfg)), "--out", str(run), "--quiet"]) != 0
+    assert "cannot fit" in capsys.readouterr().err
+    assert "pretrain" not in counts(run)  # the 'ce' arm's poisons were crafted, nothing was trained

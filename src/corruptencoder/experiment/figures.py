@@ -7,13 +7,23 @@ from pathlib import Path
 from typing import Any
 
 
-def _plt() -> Any:  # matplotlib.pyplot, whose API is untyped here
+def pyplot() -> Any:  # matplotlib.pyplot, whose API is untyped here
+    """matplotlib.pyplot on the file-only Agg backend (no display on servers and in CI)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save(fig: Any, path: Path) -> Path:
+    """Lay out, write (making the folder) and close a figure: every figure of a run and the benchmarks."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    pyplot().close(fig)
+    return path
 
 
 def _f(v: Any) -> float:
@@ -24,7 +34,7 @@ def asr_by_arm(aggs: Sequence[dict[str, Any]], path: Path) -> Path | None:
     rows = [a for a in aggs if a["epoch"] == "final" and a["sweep"] is None]
     if not rows:
         return None
-    plt = _plt()
+    plt = pyplot()
     labels = [f"{a['arm']}\n{a['target']}" if len({r['target'] for r in rows}) > 1 else a["arm"] for a in rows]
     fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(rows)), 3.6))
     x = range(len(rows))
@@ -37,18 +47,14 @@ def asr_by_arm(aggs: Sequence[dict[str, Any]], path: Path) -> Path | None:
     ax.set_ylim(0, 100)
     ax.legend(fontsize=8, loc="upper left")
     ax.set_title("Attack success by arm (final encoders)")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def asr_over_training(aggs: Sequence[dict[str, Any]], path: Path) -> Path | None:
     rows = [a for a in aggs if a["epoch"] != "final"]
     if not rows:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for (arm, target) in sorted({(a["arm"], a["target"]) for a in rows}):
         pts = sorted((int(a["epoch"]), a) for a in rows if a["arm"] == arm and a["target"] == target)
@@ -65,18 +71,14 @@ def asr_over_training(aggs: Sequence[dict[str, Any]], path: Path) -> Path | None
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def sweep_curves(aggs: Sequence[dict[str, Any]], sweep: str, path: Path) -> Path | None:
     rows = [a for a in aggs if a["epoch"] == "final" and a["sweep"] == sweep]
     if not rows:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     for target in sorted({a["target"] for a in rows}):
         pts = [a for a in rows if a["target"] == target]
@@ -99,11 +101,7 @@ def sweep_curves(aggs: Sequence[dict[str, Any]], sweep: str, path: Path) -> Path
         ax.set_xlabel(sweep)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def poison_grid(folder: Path, path: Path, num: int = 12) -> Path | None:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from corruptencoder import __version__
 from corruptencoder.demo import DEMO_TARGET
@@ -383,16 +383,21 @@ class Runner:
         rows: list[dict[str, Any]] = []
         trials = [(seed, arm) for seed in self.cfg.seeds for arm in self.arms if arm.seeds is None or seed in arm.seeds]
         total = len(trials)
+        # every trial's poisons first: a crafting error (a trigger that cannot fit a target's references, a
+        # missing file) stops the run before any pre-training, not hours into it
+        crafted = {(arm.name, seed): self.craft(arm, seed) for seed, arm in trials}
         for k, (seed, arm) in enumerate(trials, 1):
             self.say(f"[{k}/{total}] {arm.name} (seed {seed})")
-            rows += self.run_arm(arm, seed)
+            rows += self.run_arm(arm, seed, crafted[arm.name, seed])
         result = write_results(self.dir, self.cfg, self.arms, rows, time.perf_counter() - t0, self.log.counts)
         return result
 
-    def run_arm(self, arm: ArmSpec, seed: int) -> list[dict[str, Any]]:
+    def run_arm(self, arm: ArmSpec, seed: int,
+                crafted: Path | None | Literal["craft"] = "craft") -> list[dict[str, Any]]:
+        """One trial; ``crafted`` is its poison folder when :meth:`run` crafted it already."""
         from corruptencoder.defend.base import make_defence
 
-        poisons = self.craft(arm, seed)
+        poisons = self.craft(arm, seed) if isinstance(crafted, str) else crafted
         enc_dir, report = self.defended(arm, seed, poisons, arm.name)
         clean_arm = arm.model_copy(update={"attack": "none"})
         if poisons is None:

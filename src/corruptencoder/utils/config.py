@@ -124,6 +124,10 @@ def validate(model: type[M], data: dict[str, Any], source: str, rename: Callable
         return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source, rename)) from None
+    except ConfigError as exc:  # from a model validator that checks a part itself (an experiment's arms)
+        if source and not str(exc).startswith(f"{source}:"):
+            raise ConfigError(f"{source}: {exc}") from None
+        raise
 
 
 def set_key(data: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
