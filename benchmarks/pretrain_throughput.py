@@ -44,7 +44,7 @@ import torch
 
 from corruptencoder.demo import demo_world
 from corruptencoder.ssl.config import PretrainConfig
-from corruptencoder.ssl.train import method_class, pretrain
+from corruptencoder.ssl.train import method_class, prefetch_depth, pretrain, resolve_runtime
 
 BACKBONES = {"small_cnn": {"name": "small_cnn", "width": 1.0},
              "resnet18": {"name": "resnet18", "width": 1.0},
@@ -70,7 +70,7 @@ def enough_images(data: str, needed: int, folder: Path) -> str:
     counted)."""
     from corruptencoder.utils.files import list_images
 
-    files = [str(f) for f in list_images(Path(data))] if Path(data).is_dir() else []
+    files = [str(f.resolve()) for f in list_images(Path(data))] if Path(data).is_dir() else []  # list is elsewhere
     if not files or len(files) >= needed:
         return data
     listing = folder / "images.txt"
@@ -130,16 +130,27 @@ def loader_only(files: list[str], image_size: int, decoder: str, workers: int, n
     dataset: Any = EncodedViewDataset(store, plan) if encoded else ViewDataset(store, plan.crop)
     collate = collate_encoded(tuple(v.size for v in plan.views)) if encoded else collate_views
     loader = DataLoader(dataset, batch_size=32, num_workers=workers, collate_fn=collate)
+    # the clock starts once every worker has handed over its first batch: process start-up is excluded (with 15
+    # workers and a few thousand images it was most of the time, and the figure read far below the pipeline's)
+    warm = max(1, workers)
     t0 = time.perf_counter()
     count = 0
-    for batch in loader:
+    for i, batch in enumerate(loader):
         if decoder == "device":
             views, _ = batch.decode(device)
-            count += int(views[0].shape[0])
+            got = int(views[0].shape[0])
         else:
-            count += len(batch.items) if decoder == "bytes" else int(batch[0][0].shape[0])
+            got = len(batch.items) if decoder == "bytes" else int(batch[0][0].shape[0])
+        if i + 1 == warm:
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+        elif i + 1 > warm:
+            count += got
     if device == "cuda":
         torch.cuda.synchronize()
+    if count == 0:
+        raise SystemExit(f"--images {n}: too few for {workers} workers; give at least {32 * (warm + 4)}")
     return count / (time.perf_counter() - t0)
 
 
@@ -207,9 +218,12 @@ def main() -> int:
                     steps = args.steps if (device == "cuda" or backbone != "resnet18") else max(4, args.steps // 3)
                     bs = args.batch
                     with tempfile.TemporaryDirectory() as tmp:
-                        needed = bs * (steps + 2)
+                        accel = "gpu" if device == "cuda" else "cpu"
+                        # the steps timed come after the batches the workers prefetch during the first (Throughput)
+                        probe = config(method, backbone, bs, data, 1, bs, args.workers, accel, size, decode)
+                        needed = bs * (steps + 2 + prefetch_depth(resolve_runtime(probe)["workers"]))
                         cfg = config(method, backbone, bs, enough_images(data, needed, Path(tmp)), 1, needed,
-                                     args.workers, "gpu" if device == "cuda" else "cpu", size, decode, bool(compiled))
+                                     args.workers, accel, size, decode, bool(compiled))
                         a = model_only(cfg, steps, device)
                         res = pretrain(cfg, Path(tmp) / "run", progress=False)
                         ran = json.loads((Path(tmp) / "run" / "run.json").read_text())

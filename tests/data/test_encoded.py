@@ -12,7 +12,13 @@ import torch
 from PIL import Image
 
 from corruptencoder.data.datasets import ImageStore, ViewDataset, collate_views
-from corruptencoder.data.encoded import EncodedViewDataset, collate_encoded, device_decode_wanted, jpeg_header
+from corruptencoder.data.encoded import (
+    DEVICE_DECODE_BELOW_WORKERS,
+    EncodedViewDataset,
+    collate_encoded,
+    device_decode_wanted,
+    jpeg_header,
+)
 from corruptencoder.ssl.augment import apply_colour
 from corruptencoder.ssl.config import PretrainConfig
 from corruptencoder.ssl.views import view_plan
@@ -90,6 +96,29 @@ def test_device_views_match_the_host_path(photos: list[str], crop: str) -> None:
             assert float(diff.mean()) < 2.0, diff
 
 
+def test_cropping_images_of_one_shape_together_changes_no_pixel(photos: list[str]) -> None:
+    """The batched crop (one roi_align per image shape) gives every view exactly what one call per image gives;
+    repeated files make several images share a shape, and two view sizes (SwAV's multi-crop) share a call."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+    from torchvision.ops import roi_align
+
+    cfg = PretrainConfig.model_validate({"method": {"name": "swav"}, "data": {"clean": "x", "image_size": 32}})
+    p = view_plan(cfg)
+    files = photos * 3
+    dev = EncodedViewDataset(ImageStore(files, 128, cache=False), p)
+    dev._rng, dev._pid = np.random.default_rng(5), os.getpid()
+    batch = collate_encoded(tuple(v.size for v in p.views))([dev[i] for i in range(len(files))])
+    got, _ = batch.decode("cpu")
+    assert len({v.size for v in p.views}) == 2
+    for i, it in enumerate(batch.items):
+        img = decode_jpeg(it.payload, mode=ImageReadMode.RGB) if it.encoded else it.payload
+        for v, s in enumerate(batch.sizes):
+            box = torch.tensor([[0.0, *it.boxes[v]]])
+            ref = roi_align(img.unsqueeze(0).float(), box, output_size=(s, s), spatial_scale=1.0, sampling_ratio=-1,
+                            aligned=True).round_().clamp_(0, 255).to(torch.uint8)[0]
+            assert torch.equal(got[v][i], ref), (i, v)
+
+
 def test_device_views_have_the_host_colour_statistics(photos: list[str]) -> None:
     """After the same colour augmentation (same generator), per-channel means and deviations agree."""
     p = plan()
@@ -123,6 +152,8 @@ def test_crop_scale_and_aspect_follow_the_sampler(tmp_path: Path) -> None:
 def test_auto_picks_the_device_only_for_an_uncached_jpeg_set_on_a_gpu(photos: list[str]) -> None:
     jpegs = ImageStore(photos[:5], 128, cache=False)
     assert device_decode_wanted("auto", True, jpegs)
+    assert device_decode_wanted("auto", True, jpegs, workers=DEVICE_DECODE_BELOW_WORKERS - 1)
+    assert not device_decode_wanted("auto", True, jpegs, workers=DEVICE_DECODE_BELOW_WORKERS)  # the host is faster
     assert not device_decode_wanted("auto", False, jpegs)
     assert not device_decode_wanted("auto", True, ImageStore(photos[:5], 128, cache=True))
     assert not device_decode_wanted("auto", True, ImageStore(photos[6:7] * 5, 128, cache=False))  # PNGs

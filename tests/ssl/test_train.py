@@ -392,3 +392,30 @@ def test_final_lr_ratio_floors_the_cosine_and_leaves_cache_keys_alone(tmp_path: 
     assert runner.pretrain_key(type(pcfg).model_validate(body)) == key
     floored = pcfg.model_copy(update={"optim": pcfg.optim.model_copy(update={"final_lr_ratio": 1.0})})
     assert runner.pretrain_key(floored) != key
+
+
+def test_throughput_skips_the_batches_prefetched_during_the_first_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slow first step (start-up, compilation) lets the workers queue ``workers x prefetch_factor`` batches that
+    the next steps take at no cost; the steady-state rate is timed after them, or after the first batch alone when
+    the epoch is too short to leave as many again."""
+    from types import SimpleNamespace
+
+    import corruptencoder.ssl.callbacks as cb
+    from corruptencoder.ssl.callbacks import Throughput
+
+    def run(skip: int, batches: int) -> float:
+        # batch i ends at: 10 s for the first, then 0 s each for the 4 queued ones, then 1 s each
+        now = [0.0]
+        monkeypatch.setattr(cb.time, "perf_counter", lambda: now[0])
+        tp = Throughput(skip=skip)
+        trainer = SimpleNamespace(num_training_batches=batches, world_size=1)
+        tp.on_train_epoch_start(trainer, None)  # type: ignore[arg-type]
+        batch = ([torch.zeros(8, 3, 2, 2)], None)
+        for i in range(batches):
+            now[0] += 10.0 if i == 0 else (0.0 if i <= 4 else 1.0)
+            tp.on_train_batch_end(trainer, None, None, batch, i)  # type: ignore[arg-type]
+        return tp.images_per_second
+
+    assert run(skip=5, batches=20) == pytest.approx(8.0)  # 8 images a second, the steady state
+    assert run(skip=1, batches=20) > 8.0 * 1.2  # the queued batches read as free
+    assert run(skip=5, batches=8) == run(skip=1, batches=8)  # too short: only the first batch is left out

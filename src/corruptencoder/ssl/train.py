@@ -36,6 +36,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+PREFETCH_FACTOR = 4  # batches each loader worker keeps ready
+
+
+def prefetch_depth(workers: int) -> int:
+    """Batches the loader holds ready before the first step ends (what :class:`Throughput` must not count)."""
+    return workers * PREFETCH_FACTOR
+
+
 def quiet_lightning() -> None:
     """Lightning logs hardware banners and tips at INFO through its own handler; keep warnings only."""
     import warnings
@@ -391,7 +399,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False, over
         from corruptencoder.data.encoded import EncodedViewDataset, collate_encoded, device_decode_wanted
 
         store = ImageStore(files.files, short, False if cfg.data.decode == "device" else cache, progress=show)
-        if device_decode_wanted(cfg.data.decode, rt["gpu"], store):
+        if device_decode_wanted(cfg.data.decode, rt["gpu"], store, rt["workers"]):
             dataset = EncodedViewDataset(store, model.plan)
             collate = collate_encoded(tuple(v.size for v in model.plan.views))
             decode_on = "device"
@@ -403,13 +411,14 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False, over
         _, lr, _, _ = cfg.resolved_optim()
         log.info("global batch %d = %d per process x %d processes; learning rate %.4g for the global batch",
                  cfg.optim.batch_size, bs, rt["world"], lr)
+    prefetch = PREFETCH_FACTOR if rt["workers"] > 0 else None
     loader = DataLoader(dataset, batch_size=min(bs, len(dataset)), shuffle=True, drop_last=len(dataset) >= bs,
                         num_workers=rt["workers"], collate_fn=collate, pin_memory=rt["gpu"],
-                        persistent_workers=rt["workers"] > 0, prefetch_factor=4 if rt["workers"] > 0 else None)
+                        persistent_workers=rt["workers"] > 0, prefetch_factor=prefetch)
     if cfg.trainer.compile:
         model.backbone = cast(torch.nn.Module, torch.compile(model.backbone))  # an OptimizedModule
 
-    throughput = Throughput()
+    throughput = Throughput(skip=1 + prefetch_depth(rt["workers"]))
     state = ResumeState(dataset if rt["workers"] == 0 else None)  # loader workers hold their own crop generators
     last = LastCheckpoint(out / "checkpoints", cfg.trainer.checkpoint_every)
     callbacks = list(callbacks or []) + [last, throughput, state]
