@@ -58,3 +58,44 @@ def test_decompression_bomb_refused_before_decoding(tmp_path: Path) -> None:
     Image.new("L", (12000, 9000)).save(tmp_path / "bomb.png", compress_level=1)
     with pytest.raises(ImageError, match=r"bomb.png: 12000x9000 = 108 MP is over the 89 MP limit"):
         load_rgb(tmp_path / "bomb.png")
+
+
+def _frame_by_pillow(path: Path) -> tuple[int, int, int]:
+    with Image.open(path) as im:
+        return im.size[0], im.size[1], {"L": 1, "RGB": 3, "CMYK": 4}[im.mode]
+
+
+def test_jpeg_frame_reads_the_header_as_pillow_does(tmp_path: Path) -> None:
+    """Size and components from the frame header: baseline, progressive, grey, CMYK, EXIF and comment segments
+    before the frame; anything that is not a readable JPEG header gives None (Pillow's path then decides)."""
+    from corruptencoder.utils.imageio import jpeg_frame
+
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 255, (37, 53, 3), dtype=np.uint8), "RGB")
+    cases = {"base.jpg": dict(quality=90), "prog.jpg": dict(progressive=True), "comment.jpg": dict(comment=b"x" * 300)}
+    for name, kw in cases.items():
+        photo.save(tmp_path / name, **kw)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    photo.save(tmp_path / "exif.jpg", exif=exif)
+    photo.convert("L").save(tmp_path / "grey.jpg")
+    photo.convert("CMYK").save(tmp_path / "cmyk.jpg")
+    for f in sorted(tmp_path.glob("*.jpg")):
+        assert jpeg_frame(f.read_bytes()) == _frame_by_pillow(f), f.name
+    assert jpeg_frame((tmp_path / "cmyk.jpg").read_bytes())[2] == 4  # type: ignore[index]
+    photo.save(tmp_path / "a.png")
+    data = (tmp_path / "base.jpg").read_bytes()
+    sof = data.index(b"\xff\xc0")
+    for bad in (b"", (tmp_path / "a.png").read_bytes(), data[:sof + 6], data[:2] + b"\x00" * 20,
+                data[:sof + 5] + b"\x00\x00" + data[sof + 7:]):  # empty, PNG, cut inside the frame, junk, height 0
+        assert jpeg_frame(bad) is None
+
+
+def test_jpeg_frame_agrees_with_pillow_on_the_real_backgrounds() -> None:
+    from conftest import shared_assets
+    from corruptencoder.utils.imageio import jpeg_frame
+
+    files = sorted((shared_assets() / "backgrounds-places365").glob("*.jpg"))
+    assert len(files) == 650
+    for f in files:
+        assert jpeg_frame(f.read_bytes()) == _frame_by_pillow(f), f.name
