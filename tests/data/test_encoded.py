@@ -96,11 +96,17 @@ def test_device_views_match_the_host_path(photos: list[str], crop: str) -> None:
             assert float(diff.mean()) < 2.0, diff
 
 
-def test_cropping_images_of_one_shape_together_changes_no_pixel(photos: list[str]) -> None:
+def test_cropping_images_of_one_shape_together_changes_no_pixel(photos: list[str],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """The batched crop (one roi_align per image shape) gives every view exactly what one call per image gives;
-    repeated files make several images share a shape, and two view sizes (SwAV's multi-crop) share a call."""
+    repeated files make several images share a shape (split in chunks of 2 here), and two view sizes (SwAV's
+    multi-crop) share a call."""
     from torchvision.io import ImageReadMode, decode_jpeg
     from torchvision.ops import roi_align
+
+    import corruptencoder.data.encoded as encoded
+
+    monkeypatch.setattr(encoded, "_CROP_CHUNK", 2)
 
     cfg = PretrainConfig.model_validate({"method": {"name": "swav"}, "data": {"clean": "x", "image_size": 32}})
     p = view_plan(cfg)

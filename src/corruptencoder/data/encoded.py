@@ -106,6 +106,9 @@ def read_bytes(path: str) -> torch.Tensor:
     return out
 
 
+_CROP_CHUNK = 64  # images of one shape per roi_align call: bounds the float copy (64 x 3 x 1024^2 x 4 B = 0.8 GB)
+
+
 @dataclass
 class EncodedBatch:
     """A collated batch of :class:`EncodedItem`; :meth:`decode` turns it into the host path's (views, index)."""
@@ -142,7 +145,8 @@ class EncodedBatch:
         shapes: dict[tuple[int, ...], list[int]] = {}
         for i, img in enumerate(images):
             shapes.setdefault(tuple(img.shape), []).append(i)
-        for members in shapes.values():
+        chunks = [m[c:c + _CROP_CHUNK] for m in shapes.values() for c in range(0, len(m), _CROP_CHUNK)]
+        for members in chunks:
             x = torch.stack([images[i] for i in members]).float()
             rows = torch.tensor(members, dtype=torch.long).to(device, non_blocking=True)
             local = torch.arange(len(members), dtype=torch.float32, device=device)
