@@ -150,9 +150,10 @@ class EncodedBatch:
             x = torch.stack([images[i] for i in members]).float()
             rows = torch.tensor(members, dtype=torch.long).to(device, non_blocking=True)
             local = torch.arange(len(members), dtype=torch.float32, device=device)
+            chunk_boxes = boxes[rows]
             for s, vs in groups.items():
                 k = len(vs)
-                rois = torch.cat((local.repeat_interleave(k)[:, None], boxes[rows][:, vs].reshape(-1, 4)), dim=1)
+                rois = torch.cat((local.repeat_interleave(k)[:, None], chunk_boxes[:, vs].reshape(-1, 4)), dim=1)
                 # aligned=True: pixel centres at +0.5, as the host's resize; sampling_ratio=-1: ceil(bin) samples per
                 # output pixel and side, averaged (the antialiasing of a downscaling resize)
                 out = roi_align(x, rois, output_size=(s, s), spatial_scale=1.0, sampling_ratio=-1, aligned=True)

@@ -168,10 +168,8 @@ def plan_experiment(cfg: ExperimentConfig, run_dir: str | Path, *, only: Sequenc
     """The plan and its printed lines."""
     runner = PlanningRunner(cfg, run_dir, progress=False, device=device, only=only, cache=cache,
                             say=lambda _msg: None)
-    for seed in cfg.seeds:
-        for arm in runner.arms:
-            if arm.seeds is None or seed in arm.seeds:
-                runner.run_arm(arm, seed)
+    for seed, arm in runner.trials():
+        runner.run_arm(arm, seed, runner.craft(arm, seed))
     plan = runner.plan
     if measure:
         for setting, sample in runner._sample_configs.items():

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from corruptencoder import __version__
 from corruptencoder.demo import DEMO_TARGET
@@ -381,7 +381,7 @@ class Runner:
         (self.dir / "config.json").write_text(json.dumps(self.cfg.model_dump(mode="json"), indent=2))
         t0 = time.perf_counter()
         rows: list[dict[str, Any]] = []
-        trials = [(seed, arm) for seed in self.cfg.seeds for arm in self.arms if arm.seeds is None or seed in arm.seeds]
+        trials = self.trials()
         total = len(trials)
         # every trial's poisons first: a crafting error (a trigger that cannot fit a target's references, a
         # missing file) stops the run before any pre-training, not hours into it
@@ -392,12 +392,14 @@ class Runner:
         result = write_results(self.dir, self.cfg, self.arms, rows, time.perf_counter() - t0, self.log.counts)
         return result
 
-    def run_arm(self, arm: ArmSpec, seed: int,
-                crafted: Path | None | Literal["craft"] = "craft") -> list[dict[str, Any]]:
-        """One trial; ``crafted`` is its poison folder when :meth:`run` crafted it already."""
+    def trials(self) -> list[tuple[int, ArmSpec]]:
+        """(seed, arm) for every trial this run holds, in run order."""
+        return [(seed, arm) for seed in self.cfg.seeds for arm in self.arms if arm.seeds is None or seed in arm.seeds]
+
+    def run_arm(self, arm: ArmSpec, seed: int, poisons: Path | None) -> list[dict[str, Any]]:
+        """One trial, given its poison folder from :meth:`craft` (None for a clean arm)."""
         from corruptencoder.defend.base import make_defence
 
-        poisons = self.craft(arm, seed) if isinstance(crafted, str) else crafted
         enc_dir, report = self.defended(arm, seed, poisons, arm.name)
         clean_arm = arm.model_copy(update={"attack": "none"})
         if poisons is None:
