@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -81,8 +82,8 @@ def test_jpeg_frame_reads_the_header_as_pillow_does(tmp_path: Path) -> None:
     photo.convert("L").save(tmp_path / "grey.jpg")
     photo.convert("CMYK").save(tmp_path / "cmyk.jpg")
     for f in sorted(tmp_path.glob("*.jpg")):
-        assert jpeg_frame(f.read_bytes()) == _frame_by_pillow(f), f.name
-    assert jpeg_frame((tmp_path / "cmyk.jpg").read_bytes())[2] == 4  # type: ignore[index]
+        assert jpeg_frame(f.read_bytes())[:3] == _frame_by_pillow(f), f.name  # type: ignore[index]
+    assert jpeg_frame((tmp_path / "cmyk.jpg").read_bytes()).components == 4  # type: ignore[union-attr]
     photo.save(tmp_path / "a.png")
     data = (tmp_path / "base.jpg").read_bytes()
     sof = data.index(b"\xff\xc0")
@@ -98,4 +99,69 @@ def test_jpeg_frame_agrees_with_pillow_on_the_real_backgrounds() -> None:
     files = sorted((shared_assets() / "backgrounds-places365").glob("*.jpg"))
     assert len(files) == 650
     for f in files:
-        assert jpeg_frame(f.read_bytes()) == _frame_by_pillow(f), f.name
+        frame = jpeg_frame(f.read_bytes())
+        assert frame is not None and frame[:3] == _frame_by_pillow(f), f.name
+        assert frame.orientation == _orientation_by_pillow(f.read_bytes()), f.name
+
+
+def _orientation_by_pillow(data: bytes) -> int:
+    with Image.open(io.BytesIO(data)) as im:
+        return int(im.getexif().get(0x0112, 1))
+
+
+def _with_segment(jpeg: bytes, marker: int, payload: bytes) -> bytes:
+    """``jpeg`` with one more APPn segment right after its start-of-image marker."""
+    return jpeg[:2] + bytes([0xFF, marker]) + (len(payload) + 2).to_bytes(2, "big") + payload + jpeg[2:]
+
+
+def _tiff(order: str, entries: list[tuple[int, int, int, bytes]]) -> bytes:
+    """A TIFF block (EXIF payload) with one IFD of (tag, type, count, 4-byte value) entries."""
+    bo = "little" if order == "II" else "big"
+    out = order.encode() + (42).to_bytes(2, bo) + (8).to_bytes(4, bo) + len(entries).to_bytes(2, bo)
+    for tag, typ, count, value in entries:
+        out += tag.to_bytes(2, bo) + typ.to_bytes(2, bo) + count.to_bytes(4, bo) + value
+    return out + (0).to_bytes(4, bo)
+
+
+def test_jpeg_frame_reads_the_orientation_pillow_applies(tmp_path: Path) -> None:
+    """The orientation the header states, as Pillow's getexif() reads it (Pillow's own EXIF writer, both byte
+    orders by hand, other tags around it); 0 ("let Pillow decide") for what this parser does not follow: a second
+    EXIF segment, a malformed block, an XMP orientation (Pillow applies it, torchvision does not)."""
+    from corruptencoder.utils.imageio import jpeg_frame
+
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (12, 20, 3), dtype=np.uint8), "RGB").save(buf, "JPEG")
+    plain = buf.getvalue()
+    assert jpeg_frame(plain).orientation == 1  # type: ignore[union-attr]
+    for value in range(1, 9):
+        exif = Image.Exif()
+        exif[0x010F] = "maker"  # a tag before it
+        exif[0x0112] = value
+        exif[0x0131] = "software"
+        buf = io.BytesIO()
+        Image.open(io.BytesIO(plain)).save(buf, "JPEG", exif=exif)
+        data = buf.getvalue()
+        assert jpeg_frame(data).orientation == _orientation_by_pillow(data) == value  # type: ignore[union-attr]
+        for order in ("II", "MM"):
+            bo = "little" if order == "II" else "big"
+            short = value.to_bytes(2, bo) + b"\0\0"
+            data = _with_segment(plain, 0xE1, b"Exif\0\0" + _tiff(order, [(0x0100, 3, 1, b"\0\0\0\0"),
+                                                                        (0x0112, 3, 1, short)]))
+            assert jpeg_frame(data).orientation == _orientation_by_pillow(data) == value, order  # type: ignore
+    no_tag = _with_segment(plain, 0xE1, b"Exif\0\0" + _tiff("II", [(0x0100, 3, 1, b"\x05\0\0\0")]))
+    assert jpeg_frame(no_tag).orientation == _orientation_by_pillow(no_tag) == 1  # type: ignore[union-attr]
+    six = _with_segment(plain, 0xE1, b"Exif\0\0" + _tiff("II", [(0x0112, 3, 1, b"\x06\0\0\0")]))
+    unknown = {
+        "two EXIF segments": _with_segment(six, 0xE1, b"Exif\0\0" + _tiff("II", [(0x0112, 3, 1, b"\x03\0\0\0")])),
+        "truncated block": _with_segment(plain, 0xE1, b"Exif\0\0II*\0\x08\0\0\0\x05\0"),
+        "not TIFF": _with_segment(plain, 0xE1, b"Exif\0\0XX*\0\x08\0\0\0\0\0"),
+        "a LONG, not a SHORT": _with_segment(plain, 0xE1, b"Exif\0\0" + _tiff("II", [(0x0112, 4, 1, b"\x06\0\0\0")])),
+        "out of range": _with_segment(plain, 0xE1, b"Exif\0\0" + _tiff("II", [(0x0112, 3, 1, b"\x09\0\0\0")])),
+        "XMP": _with_segment(plain, 0xE1, b"http://ns.adobe.com/xap/1.0/\0<x:xmpmeta><rdf:Description "
+                                          b'tiff:Orientation="6"/></x:xmpmeta>'),
+    }
+    for why, data in unknown.items():
+        frame = jpeg_frame(data)
+        assert frame is not None and frame.orientation == 0 and frame[:2] == (20, 12), why
+    assert _orientation_by_pillow(unknown["XMP"]) == 6  # why XMP must go to Pillow

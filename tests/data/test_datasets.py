@@ -74,6 +74,23 @@ def test_torchvision_jpeg_decode_gives_pillows_pixels(tmp_path: Path, monkeypatc
     assert rotated.shape == (3, 40, 24)  # displayed upright: 24 wide, 40 high
 
 
+def test_every_exif_orientation_decodes_as_pillow_displays_it(tmp_path: Path) -> None:
+    """torchvision's EXIF rotation (host path) gives Pillow's exif_transpose pixels for all 8 orientations; an XMP
+    orientation, which only Pillow applies, sends the file to Pillow's path."""
+    photo = Image.fromarray(_photo(40, 24, 5), "RGB")
+    for value in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = value
+        f = tmp_path / f"o{value}.jpg"
+        photo.save(f, quality=90, exif=exif)
+        fast, slow = decode_tensor(f, None), _pillow(f, None)
+        assert fast.shape == slow.shape and torch.equal(fast, slow), value
+    xmp = tmp_path / "xmp.jpg"
+    photo.save(xmp, quality=90, xmp=b'<x:xmpmeta><rdf:Description tiff:Orientation="6"/></x:xmpmeta>')
+    assert _pillow(xmp, None).shape == (3, 40, 24)  # Pillow turns it upright ...
+    assert torch.equal(decode_tensor(xmp, None), _pillow(xmp, None))  # ... and so does the host path
+
+
 def test_jpegs_to_shrink_and_other_formats_take_pillows_path(tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     import torchvision.io

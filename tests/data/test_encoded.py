@@ -17,7 +17,7 @@ from corruptencoder.data.encoded import (
     EncodedViewDataset,
     collate_encoded,
     device_decode_wanted,
-    jpeg_header,
+    read_jpeg,
 )
 from corruptencoder.ssl.augment import apply_colour
 from corruptencoder.ssl.config import PretrainConfig
@@ -76,10 +76,11 @@ def both_paths(files: list[str], p: Any, seed: int, short: int = 128) -> tuple[l
 
 
 def test_header_says_which_files_travel_as_bytes(photos: list[str]) -> None:
-    sent = {Path(f).name: jpeg_header(f) is not None for f in photos}
+    sent = {Path(f).name: read_jpeg(f) is not None for f in photos}
     assert sent == {"0.jpg": True, "1.jpg": True, "2.jpg": True, "3.jpg": True, "4.jpg": True, "gray.jpg": True,
                     "png.png": False, "cmyk.jpg": False, "rotated.jpg": False}
-    assert jpeg_header(photos[0]) == (80, 60)
+    w, h, data = read_jpeg(photos[0])  # type: ignore[misc]
+    assert (w, h) == (80, 60) and bytes(data.numpy()) == Path(photos[0]).read_bytes()
 
 
 @pytest.mark.parametrize("crop", ["random", "localized", "none"])

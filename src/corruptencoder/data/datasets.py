@@ -52,23 +52,21 @@ def decode_tensor(path: str | os.PathLike[str], short_side: int | None) -> torch
     everything else (other formats, CMYK, shrinking, a file torchvision refuses) goes through Pillow's path,
     which also reports any problem with the file."""
     if str(path).lower().endswith(_JPEG):
-        from corruptencoder.utils.imageio import DEFAULT_MAX_PIXELS, jpeg_frame
+        from corruptencoder.utils.imageio import plain_jpeg
 
         try:
             data = Path(path).read_bytes()
         except OSError:
             data = b""  # Pillow's path below names the fault
-        frame = jpeg_frame(data)  # the header: size (bombs) and components (RGB or grey; CMYK goes to Pillow)
-        if frame is not None:
-            w, h, components = frame
-            if w * h <= DEFAULT_MAX_PIXELS and (not short_side or min(w, h) <= short_side) and components in (1, 3):
-                from torchvision.io import ImageReadMode, decode_jpeg
+        frame = plain_jpeg(data)
+        if frame is not None and (not short_side or min(frame.width, frame.height) <= short_side):
+            from torchvision.io import ImageReadMode, decode_jpeg
 
-                try:
-                    return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB,
-                                       apply_exif_orientation=True)
-                except RuntimeError:
-                    pass  # Pillow's path below decodes it or says what is wrong
+            try:
+                return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB,
+                                   apply_exif_orientation=True)
+            except RuntimeError:
+                pass  # Pillow's path below decodes it or says what is wrong
     return to_tensor(load_rgb(path, draft_short_side=short_side), short_side)
 
 

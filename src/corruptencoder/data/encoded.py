@@ -26,8 +26,6 @@ import torch
 
 from corruptencoder.data.datasets import _JPEG, ImageStore, ViewDataset
 
-#: EXIF tag of the orientation (1 = as stored)
-_ORIENTATION = 0x0112
 FloatBox = tuple[float, float, float, float]
 
 
@@ -55,22 +53,22 @@ def _shrunk(w: int, h: int, short_side: int | None) -> tuple[int, int]:
     return w, h
 
 
-def jpeg_header(path: str) -> tuple[int, int] | None:
-    """(width, height) when the device may decode this file exactly as the host would, else None."""
+def read_jpeg(path: str) -> tuple[int, int, torch.Tensor] | None:
+    """(width, height, the file's bytes) when the device may decode this file exactly as the host would (a plain
+    RGB or grey JPEG stored upright), else None: the worker decodes it on the host path, which also names a fault.
+    One read: the header comes from the bytes that travel (:func:`~corruptencoder.utils.imageio.plain_jpeg`)."""
     if not path.lower().endswith(_JPEG):
         return None
-    from corruptencoder.errors import ImageError
-    from corruptencoder.utils.imageio import open_image
+    from corruptencoder.utils.imageio import plain_jpeg
 
     try:
-        with open_image(path) as im:
-            if im.format != "JPEG" or im.mode not in ("RGB", "L"):
-                return None
-            if int(im.getexif().get(_ORIENTATION, 1)) != 1:
-                return None
-            return int(im.size[0]), int(im.size[1])
-    except ImageError:
-        return None  # the host path reads it, and skips it with a warning naming the file
+        data = Path(path).read_bytes()
+    except OSError:
+        return None
+    frame = plain_jpeg(data)
+    if frame is None or frame.orientation != 1:
+        return None
+    return frame.width, frame.height, _as_tensor(data)
 
 
 class EncodedViewDataset(ViewDataset):
@@ -83,24 +81,23 @@ class EncodedViewDataset(ViewDataset):
     def __getitem__(self, index: int) -> tuple[EncodedItem, int]:  # type: ignore[override]  # bytes, not views
         rng = self.generator()
         path = self.store.files[index]
-        size = jpeg_header(path) if self.store.loader is None else None
-        if size is None:
+        jpeg = read_jpeg(path) if self.store.loader is None else None
+        if jpeg is None:
             img, _ = self.store.get(index)  # decoded (and shrunk) by the host path, or the next readable image
             h, w = img.shape[-2:]
             boxes = [(float(a), float(b), float(c), float(d)) for a, b, c, d in self.plan.boxes(rng, w, h)]
             return EncodedItem(img, False, boxes), index
-        w, h = size
+        w, h, data = jpeg
         sw, sh = _shrunk(w, h, self.store.short_side)
         fx, fy = w / sw, h / sh
         boxes = [(x0 * fx, y0 * fy, x1 * fx, y1 * fy) for x0, y0, x1, y1 in self.plan.boxes(rng, sw, sh)]
-        return EncodedItem(read_bytes(path), True, boxes), index
+        return EncodedItem(data, True, boxes), index
 
 
-def read_bytes(path: str) -> torch.Tensor:
-    """A file's bytes as a 1-D uint8 tensor in torch's own memory. Not ``torchvision.io.read_file``: its tensor is
-    a private file mapping, which a loader worker cannot hand to the main process (the worker's queue thread fails
-    on its file descriptor and the loader waits for ever)."""
-    data = Path(path).read_bytes()
+def _as_tensor(data: bytes) -> torch.Tensor:
+    """Bytes as a 1-D uint8 tensor in torch's own memory. Not ``torchvision.io.read_file``: its tensor is a private
+    file mapping, which a loader worker cannot hand to the main process (the worker's queue thread fails on its
+    file descriptor and the loader waits for ever)."""
     out = torch.empty(len(data), dtype=torch.uint8)
     out.numpy()[:] = np.frombuffer(data, dtype=np.uint8)
     return out
