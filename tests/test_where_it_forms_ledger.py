@@ -54,3 +54,17 @@ def test_asr_by_class_table_and_its_rank_correlation() -> None:
     lines = w.by_class([row])
     assert lines[0].startswith("| arm | p | q | r |") and "| 34 (1) |" in lines[2] and lines[2].endswith("| -1.00 |")
     assert w.rank_corr({"p": 1.0, "q": 2.0}, {"p": 1.0, "q": 2.0}) is None  # too few classes to rank
+
+
+def test_an_arm_with_several_targets_gets_a_row_per_target() -> None:
+    """Figure 8a/8b's 'together' arms score each target on its own: the along-training table kept only the first
+    target's row, and the by-class table named three rows alike."""
+    w = _bench()
+    rows = [_row("a", "t/together", e, asr) | {"target": t}
+            for t, base in (("boat", 60.0), ("house", 90.0)) for e, asr in ((10, base - 5), ("final", base))]
+    rows.append(_row("a", "t/alone", 10, 50.0) | {"target": "boat"})
+    trail = w.along_training(rows)
+    assert trail[2:] == ["| t/alone | 50.0 / 2.0 |", "| t/together (boat) | 55.0 / 2.0 |",
+                         "| t/together (house) | 85.0 / 2.0 |"]
+    split = w.by_class([r | {"asr_by_class": {"p": r["asr"]}} for r in rows if r["epoch"] == "final"])
+    assert [line.split(" |")[0] for line in split[2:]] == ["| t/together (boat)", "| t/together (house)"]

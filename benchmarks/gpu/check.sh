@@ -4,9 +4,10 @@
 #      worker half, in process and with 1 / 4 / 8 / 15 loader workers;
 #   2. ResNet-18 MoCo-v2 at 224 px, batch 256: model-only vs the whole pipeline (decode, crops, colour, step,
 #      Lightning loop) for data.decode host and device, trainer.compile off and on: the pipeline's share;
-#   3. one gpu-small scale-sweep encoder (configs/gpu-small/scale-sweep.yaml, arm poisons-500: 50,000 demo-world
-#      images, full ResNet-18 at 32 px) and its clean twin, for SWEEP_EPOCHS epochs (default 10 of its 200; the
-#      whole schedule is more than one lease) with CA / BA / ASR at the end.
+#   3. the same two on the same scenes at ImageNet's size (longer side 500 px, made here), host path only;
+#   4. with SWEEP_EPOCHS > 0 (default 0: 10 epochs were measured on 2026-12-04, and the whole 200-epoch schedule
+#      is more than one lease), one gpu-small scale-sweep encoder (configs/gpu-small/scale-sweep.yaml, arm
+#      poisons-500: 50,000 demo-world images, full ResNet-18 at 32 px) and its clean twin, with CA / BA / ASR.
 # Each stage appends JSON lines to $OUT/gpu-check.jsonl and runs under its own time limit, so a stage that
 # overruns loses only itself. Prepare once where you work: bash benchmarks/gpu/prepare.sh (wheels + JPEGs in
 # .gpu/), then there, from the repository root, with .gpu carried:  bash benchmarks/gpu/check.sh [SECONDS]
@@ -42,6 +43,9 @@ else
 fi
 export PYTHONPATH=$PWD/src${site:+:$site}${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 places=${CHECK_DATA:-.gpu/places}
+places_500=/tmp/ce-places-500  # made here from $places (benchmarks/gpu/imagenet_size.py), not carried
+rm -rf "$places_500"
+python3 benchmarks/gpu/imagenet_size.py "$places" "$places_500" || echo "warning: no ImageNet-size copies" >&2
 cores=$(nproc)
 python3 - <<'PY' | tee -a "$log"
 import json, os, torch, torchvision, lightning, lightly, corruptencoder
@@ -59,7 +63,7 @@ if [ "$smoke" = 1 ]; then
     --set pretrain.trainer.accelerator=cpu)
 else
   images=3000; counts=(1 4 8 $(( cores - 1 ))); steps=40; batch=256; backbone=resnet18; compile=(0 1)
-  epochs=${SWEEP_EPOCHS:-10}; sweep_set=()
+  epochs=${SWEEP_EPOCHS:-0}; sweep_set=()
 fi
 
 stage loader-224 120 python3 benchmarks/pretrain_throughput.py --loader-only --data "$places" --image-size 224 \
@@ -67,9 +71,19 @@ stage loader-224 120 python3 benchmarks/pretrain_throughput.py --loader-only --d
 stage pipeline-224 240 python3 benchmarks/pretrain_throughput.py --data "$places" --image-size 224 \
   --backbones $backbone --methods moco --batch $batch --steps $steps --decode host device --compile "${compile[@]}" \
   --threads "$cores"
-stage scale-sweep-encoder 600 python3 -m corruptencoder run configs/gpu-small/scale-sweep.yaml --quiet \
-  --out /tmp/ce-sweep --arms poisons-500 --set defaults.epochs=$epochs --set evaluation.checkpoints_every=$epochs \
-  "${sweep_set[@]}"
+if [ -d "$places_500" ]; then  # the same scenes at ImageNet's size (made above): the host path, the default
+  stage loader-224-imagenet-size 60 python3 benchmarks/pretrain_throughput.py --loader-only --data "$places_500" \
+    --image-size 224 --decoders auto --worker-counts "${counts[@]}" --images $images --threads "$cores"
+  stage pipeline-224-imagenet-size 150 python3 benchmarks/pretrain_throughput.py --data "$places_500" \
+    --image-size 224 --backbones $backbone --methods moco --batch $batch --steps $steps --decode host \
+    --compile "${compile[@]}" --threads "$cores"
+fi
+rm -rf /tmp/ce-sweep
+if (( epochs > 0 )); then
+  stage scale-sweep-encoder 600 python3 -m corruptencoder run configs/gpu-small/scale-sweep.yaml --quiet \
+    --out /tmp/ce-sweep --arms poisons-500 --set defaults.epochs=$epochs --set evaluation.checkpoints_every=$epochs \
+    "${sweep_set[@]}"
+fi
 if [ -f /tmp/ce-sweep/results.json ]; then
   cp /tmp/ce-sweep/results.json "$out/scale-sweep-results.json"
   cp /tmp/ce-sweep/report.md "$out/scale-sweep-report.md"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Prepare the GPU check (benchmarks/gpu/check.sh) on the machine you work on, once per checkout: the Python
 # packages the GPU machine's image lacks (as cp312 wheels) and the 650 Places365 JPEGs of the attack assets, in
-# .gpu/ (git-ignored through .git/info/exclude, never committed; about 40 MB). Then, on the GPU machine, from the
-# repository root with .gpu carried along:  bash benchmarks/gpu/check.sh [SECONDS]
+# .gpu/ (git-ignored through .git/info/exclude, never committed; about 40 MB: what is carried must stay under 64).
+# Then, on the GPU machine, from the repository root with .gpu carried along:  bash benchmarks/gpu/check.sh [SECONDS]
 #
 #   bash benchmarks/gpu/prepare.sh [ASSETS_DIR]     # default ../shared/data/corruptencoder-assets
 set -euo pipefail
