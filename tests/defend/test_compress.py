@@ -162,3 +162,55 @@ def test_student_epochs_option_sets_the_schedule_and_stays_out_of_old_cache_keys
         defence.apply(DefenceContext(out=tmp_path / str(epochs), pretrain=body, encoder=teacher, clean_count=100))
         assert seen["cfg"].optim.epochs == want and seen["cfg"].method.name == "compress"
         assert ("epochs" in defence.opts.key_fields()) == (epochs is not None)
+
+
+def test_a_clip_image_tower_distils_into_the_same_tower(tmp_path: Path, data: Path) -> None:
+    """An open_clip image tower (what a CLIP run exports as encoder.pt) as the teacher: the student defaults to
+    the same tower (it crashed with a KeyError until 2026-12-04: the student's spec lacked the CLIP model)."""
+    from corruptencoder.ssl.backbones import backbone_spec
+    from corruptencoder.ssl.clip_model import visual_tower
+    from corruptencoder.ssl.encoder import save_encoder
+
+    spec = backbone_spec("openclip", image_size=32, clip_model="ViT-S-32")  # a small open_clip tower
+    torch.manual_seed(0)
+    save_encoder(tmp_path / "clip-tower.pt", visual_tower(spec), spec, {"method": "clip", "image_size": 32})
+    out = tmp_path / "student"
+    assert main(["defend", "compress", "--teacher", str(tmp_path / "clip-tower.pt"), "--data", str(data),
+                 "--fraction", "0.5", "--epochs", "1", "--out", str(out), "--quiet", "--set", "method.queue_size=16",
+                 "--set", "optim.batch_size=8"]) == 0
+    student, s_spec, meta = load_encoder(out / "encoder.pt")
+    assert s_spec["name"] == "openclip" and s_spec["clip"] == {"model": "ViT-S-32", "image_size": 32}
+    assert meta["method"] == "compress" and student(torch.zeros(2, 3, 32, 32)).shape == (2, 384)
+
+
+def test_openclip_backbone_needs_its_model(tmp_path: Path) -> None:
+    from corruptencoder.errors import ConfigError
+    from corruptencoder.ssl.backbones import backbone_spec
+
+    with pytest.raises(ConfigError, match="backbone.clip_model"):
+        backbone_spec("openclip")
+
+
+def test_student_of_a_clip_suspect_learns_from_the_clean_pairs_images(tmp_path: Path, teacher: Path,
+                                                                       data: Path) -> None:
+    """In an experiment a CLIP suspect's pre-training config has image-text pairs, not images: the student (an
+    image method) reads the images of the clean pairs, a seeded fraction of them, never a poison (it found no
+    image at all until 2026-12-04)."""
+    from corruptencoder.data.captions import write_pairs_csv
+    from corruptencoder.defend.base import DefenceContext, make_defence
+
+    images = sorted(data.rglob("*.png"))
+    pairs = tmp_path / "pairs.csv"
+    write_pairs_csv(pairs, images, [f"a picture {i}" for i in range(len(images))])
+    poisons = tmp_path / "mm-poisons"  # never read: the defence drops the suspect's poisons
+    body = PretrainConfig.model_validate({
+        "method": {"name": "clip", "model": "custom", "embed_dim": 8, "text_width": 8, "text_heads": 2,
+                   "text_layers": 1, "context_length": 8},
+        "data": {"pairs": str(pairs), "poisons": [str(poisons)], "image_size": 16},
+        "backbone": {"name": "small_cnn", "width": 0.5}, "views": {"crop": "none"},
+        "optim": {"batch_size": 16, "epochs": 1}, "trainer": {"progress": False, "threads": 1}}).model_dump(mode="json")
+    res = make_defence("compress", {"fraction": 0.5, "queue_size": 16}).apply(
+        DefenceContext(out=tmp_path / "student", pretrain=body, encoder=teacher, clean_count=len(images)))
+    used = (tmp_path / "student" / "train_files.txt").read_text().splitlines()
+    assert len(used) == len(images) // 2 and set(used) <= {str(p) for p in images}
+    assert res.encoder is not None and load_encoder(res.encoder)[2]["method"] == "compress"

@@ -419,3 +419,20 @@ def test_throughput_skips_the_batches_prefetched_during_the_first_step(monkeypat
     assert run(skip=5, batches=20) == pytest.approx(8.0)  # 8 images a second, the steady state
     assert run(skip=1, batches=20) > 8.0 * 1.2  # the queued batches read as free
     assert run(skip=5, batches=8) == run(skip=1, batches=8)  # too short: only the first batch is left out
+
+
+def test_the_demo_base_keeps_its_cache_key(tmp_path: Path) -> None:
+    """The demo's base encoder (12-15 minutes of 2 cores, shared by `corruptencoder demo` and the cpu-small
+    configs through --cache) hashes as it has since 2026-12-02. A new pre-training option must stay out of the key
+    at its default (runner.ADDED_LATER); were it to change, every cached encoder would be trained again. Update
+    the literal only for a change that must retrain (and say so in the commit)."""
+    from corruptencoder.experiment.runner import Runner, demo_config
+
+    runner = Runner(demo_config(), tmp_path / "run", cache=tmp_path / "cache", progress=False)
+    runner.generate = False
+    base = next(a for a in runner.arms if a.name == "base")
+    cfg = runner.pretrain_setting(base, 0, None)[0]
+    # the key holds the world's folder, which lies under $CORRUPTENCODER_CACHE (the tests' own): fix it
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"clean": "/cache/worlds/world-899e4694afd1/"
+                                                                                "pretrain"})})
+    assert runner.pretrain_key(cfg) == "6b5e9ea96c8811e5"

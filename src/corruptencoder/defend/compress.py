@@ -57,6 +57,11 @@ class CompRessDefence(EncoderDefence[CompRessOptions]):
         if ctx.encoder is None:
             raise UserError("CompRess needs the suspect encoder to distil")
         body = copy.deepcopy(ctx.pretrain)
+        suspect = body.get("method") or {}
+        if (body.get("data") or {}).get("pairs") and suspect.get("model", "custom") != "custom":
+            # a CLIP suspect's image tower (open_clip): the student is the same tower, trained on the clean pairs'
+            # images (pre-training reads the images of data.pairs for an image method)
+            body["backbone"] = {"name": "openclip", "clip_model": suspect["model"]}
         body["method"] = {"name": "compress", "teacher": str(ctx.encoder),
                           "queue_size": self.queue_size(ctx.clean_count), "variant": self.opts.variant}
         body.setdefault("data", {}).update(fraction=self.opts.fraction, poisons=[])
@@ -132,7 +137,9 @@ def distil(teacher: Path, data: str, opts: CompRessOptions, *, out: Path, exclud
             f"data.fraction={opts.fraction}", f"method.variant={opts.variant}"]
     if opts.queue_size:
         over.append(f"method.queue_size={opts.queue_size}")
+    clip_model = (spec.get("clip") or {}).get("model") if not backbone and spec.get("name") == "openclip" else None
     for key, value in (("backbone.name", backbone or spec.get("name")), ("backbone.width", width or spec.get("width")),
+                       ("backbone.clip_model", clip_model),  # a CLIP image tower's student: the same tower
                        ("data.image_size", image_size or meta.get("image_size")),
                        ("optim.epochs", opts.epochs),
                        ("trainer.seed", seed), ("method.teacher_backbone", teacher_backbone)):

@@ -50,7 +50,8 @@ class StageLog:
 
 # pre-training options added after caches of encoders existed, with their defaults: a config that leaves one at its
 # default hashes as it did before the option existed (the defences' counterpart: DefenceOptions.unkeyed_defaults)
-ADDED_LATER: dict[tuple[str, str], Any] = {("data", "decode"): "auto", ("optim", "final_lr_ratio"): 0.0}
+ADDED_LATER: dict[tuple[str, str], Any] = {("data", "decode"): "auto", ("optim", "final_lr_ratio"): 0.0,
+                                           ("backbone", "clip_model"): None}
 
 
 class Runner:

@@ -112,14 +112,21 @@ def default_small_stem(image_size: int) -> bool:
 
 
 def backbone_spec(name: str, width: float = 1.0, small_stem: bool | None = None,
-                  image_size: int = 224) -> dict[str, Any]:
-    """A plain dict that fully describes a backbone (stored in ``encoder.pt``)."""
+                  image_size: int = 224, clip_model: str | None = None) -> dict[str, Any]:
+    """A plain dict that fully describes a backbone (stored in ``encoder.pt``). ``openclip`` is the image tower
+    of the open_clip model ``clip_model`` (what a CLIP run exports; e.g. a CompRess student of a CLIP teacher)."""
     if name not in BACKBONES and not name.startswith("timm:") and name != "openclip":
         raise ConfigError(f"backbone {name!r} is unknown; use one of {', '.join(BACKBONES)} or timm:<model name>")
     if width <= 0:
         raise ConfigError(f"backbone width {width} must be positive (1.0 = the standard model)")
     stem = default_small_stem(image_size) if small_stem is None else bool(small_stem)
-    return {"name": name, "width": float(width), "small_stem": stem}
+    spec: dict[str, Any] = {"name": name, "width": float(width), "small_stem": stem}
+    if name == "openclip":
+        if not clip_model:
+            raise ConfigError("backbone openclip needs backbone.clip_model: the open_clip model whose image tower it "
+                              "is, e.g. RN50")
+        spec["clip"] = {"model": clip_model, "image_size": image_size}
+    return spec
 
 
 def build_backbone(spec: dict[str, Any]) -> nn.Module:

@@ -83,7 +83,7 @@ class SSLMethod(L.LightningModule, Generic[C]):
     def make_backbone(self) -> tuple[dict[str, Any], nn.Module]:
         """The encoder being trained and its plain-data spec (stored in encoder.pt)."""
         b = self.cfg.backbone
-        spec = backbone_spec(b.name, b.width, b.small_stem, self.cfg.data.image_size)
+        spec = backbone_spec(b.name, b.width, b.small_stem, self.cfg.data.image_size, b.clip_model)
         model = build_backbone(spec)
         if b.init:
             load_initial_weights(model, spec, b.init)

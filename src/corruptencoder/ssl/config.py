@@ -108,8 +108,10 @@ class ViewsConfig(StrictModel):
 
 
 class BackboneConfig(StrictModel):
-    name: str = Field("resnet18", description="resnet18 | resnet34 | resnet50 | small_cnn | timm:<name>")
+    name: str = Field("resnet18", description="resnet18 | resnet34 | resnet50 | small_cnn | timm:<name> | openclip")
     width: float = Field(1.0, gt=0.0)
+    clip_model: str | None = Field(None, description="for name openclip: the open_clip model whose image tower "
+                                   "this is (e.g. RN50)")
     small_stem: bool | None = Field(None, description="3x3 stem without max-pool (default: image_size <= 64)")
     init: str | None = Field(None, description="start from these weights (an encoder.pt of the same backbone): "
                              "continued pre-training, e.g. a clean encoder refreshed on newly scraped data")

@@ -128,10 +128,15 @@ def pretrain_pairs(cfg: PretrainConfig) -> PairSources:
     if d.pairs:
         clean = load_pairs(d.pairs, img_key=d.img_key, caption_key=d.caption_key, sep=d.separator) \
             if str(d.pairs).lower().endswith((".csv", ".tsv")) else load_pairs(d.pairs)
-        if d.max_images and d.max_images < len(clean):
+        n = len(clean)
+        if d.max_images and d.max_images < n:
+            n = d.max_images
+        if d.fraction and d.fraction < 1.0:  # a defender's clean subset (CompRess of a CLIP image tower)
+            n = max(1, int(round(d.fraction * n)))
+        if n < len(clean):
             import numpy as np
 
-            keep = np.sort(np.random.default_rng(cfg.trainer.seed).permutation(len(clean))[: d.max_images])
+            keep = np.sort(np.random.default_rng(cfg.trainer.seed).permutation(len(clean))[:n])
             clean = clean.subset(keep.tolist())
         sources.append(clean)
     elif d.clean:
@@ -365,8 +370,11 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False, over
     quiet_lightning()
     out = Path(out)
     clip = method_class(cfg.method.name).data_kind == "pairs"
+    # an image method given only image-text pairs trains on their images (captions unused): CompRess distilling
+    # a CLIP image tower on the clean pairs
+    pair_images = not clip and bool(cfg.data.pairs) and not cfg.data.clean
     # 1. check, writing nothing: the data, the output folder, the checkpoint, the devices
-    files: Any = pretrain_pairs(cfg) if clip else pretrain_files(cfg)
+    files: Any = pretrain_pairs(cfg) if clip or pair_images else pretrain_files(cfg)
     if len(files) < 2:
         raise UserError(f"pre-training needs at least 2 images, found {len(files)}; check data.clean / data.poisons")
     ckpt, fresh = plan_output(cfg, out, resume, overwrite)
@@ -395,6 +403,9 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False, over
         store = ImageStore(files.names(), short, cache, progress=show, loader=files.load_image)
         dataset: Any = PairDataset(store, files.captions(), model.plan.crop,
                                    CaptionTokens(context_length(cast(dict[str, Any], model.clip_spec))))
+    elif pair_images:
+        store = ImageStore(files.names(), short, cache, progress=show, loader=files.load_image)
+        dataset = ViewDataset(store, model.plan.crop)
     else:
         from corruptencoder.data.encoded import EncodedViewDataset, collate_encoded, device_decode_wanted
 
@@ -448,7 +459,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False, over
         create_output(cfg, out)
     if _rank_zero():
         # the exact training files (the clean subset of a defence included), for reproducibility
-        names = files.names() if clip else files.files
+        names = files.names() if clip or pair_images else files.files
         (out / "train_files.txt").write_text("".join(f"{f}\n" for f in names), encoding="utf-8")
     store.log_skipped_to(out / "skipped.txt")
     t0 = time.perf_counter()
