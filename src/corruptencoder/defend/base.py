@@ -87,6 +87,8 @@ class Defence(Generic[OptionsT]):
     kind: ClassVar[DefenceKind]
     summary: ClassVar[str] = ""
     options: ClassVar[type[DefenceOptions]] = DefenceOptions
+    #: the pre-training data it can defend: "images" (single-modal methods) and/or "pairs" (CLIP)
+    data_kinds: ClassVar[tuple[str, ...]] = ("images", "pairs")
 
     def __init__(self, opts: DefenceOptions | None = None) -> None:
         self.opts = cast(OptionsT, opts if opts is not None else self.options())

@@ -234,19 +234,32 @@ def invert_trigger(model: nn.Module, images: torch.Tensor, p: Params, *, seed: i
 
 
 def clean_images(pretrain: dict[str, Any], count: int, seed: int) -> list[Path]:
-    """A seeded subset of the clean pre-training images (``data.clean``, its class list and split), never a
-    file of a poison folder (``data.poisons`` or ``data.exclude``)."""
+    """A seeded subset of the clean pre-training images (``data.clean``, its class list and split; or the images
+    of a CLIP run's clean pairs, ``data.pairs`` as a CSV), never a file of a poison folder (``data.poisons`` or
+    ``data.exclude``)."""
     from corruptencoder.data.folders import load_collection, read_class_list, stratified_subset
     from corruptencoder.poison.manifest import poison_files
 
     data = pretrain.get("data") or {}
-    if not data.get("clean"):
-        raise UserError("DECREE needs clean images: the pre-training config has no data.clean")
-    root = Path(data["clean"])
-    classes = read_class_list(data["classes"]) if data.get("classes") else None
-    if classes is not None and (root / data.get("split", "train")).is_dir():
-        root = root / data.get("split", "train")
-    coll = load_collection(root, classes, what="clean images for DECREE")
+    if not data.get("clean") and str(data.get("pairs") or "").lower().endswith((".csv", ".tsv")):
+        # a CLIP suspect: the images of its clean image-text pairs
+        from corruptencoder.data.captions import read_pairs_csv
+        from corruptencoder.data.folders import ImageCollection
+
+        root = Path(data["pairs"])
+        pairs = read_pairs_csv(root, img_key=data.get("img_key", "filepath"),
+                               caption_key=data.get("caption_key", "title"), sep=data.get("separator"))
+        coll = ImageCollection(list(pairs.images), source=str(root))
+    elif not data.get("clean"):
+        raise UserError("DECREE needs clean images: the pre-training config has neither data.clean nor a CSV of "
+                        "pairs (data.pairs); inspect the encoder with `corruptencoder defend decree --encoder E "
+                        "--data DIR` on a folder of clean images")
+    else:
+        root = Path(data["clean"])
+        classes = read_class_list(data["classes"]) if data.get("classes") else None
+        if classes is not None and (root / data.get("split", "train")).is_dir():
+            root = root / data.get("split", "train")
+        coll = load_collection(root, classes, what="clean images for DECREE")
     banned = {str(f.resolve()) for folder in [*data.get("poisons", []), *data.get("exclude", [])]
               for f in poison_files(folder)}
     if banned:

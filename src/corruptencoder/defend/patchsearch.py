@@ -833,6 +833,7 @@ class PatchSearch(DataDefence[PatchSearchOptions]):
     and remove what it flags. Writes keep.txt, removed.txt, scores.csv, report.json and a contact sheet."""
 
     name = "patchsearch"
+    data_kinds = ("images",)  # it filters an image set and re-trains on what is kept; CLIP's pairs are not one
     summary = "PatchSearch: find patch-trigger poisons with the suspect encoder (Grad-CAM + flip test + classifier)"
     options = PatchSearchOptions
 

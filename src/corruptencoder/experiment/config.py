@@ -258,6 +258,15 @@ class ExperimentConfig(StrictModel):
             for t in a.targets or []:
                 if t not in known:
                     raise ConfigError(f"arm {a.name}: target {t!r} is not in targets ({', '.join(sorted(known))})")
+            if a.defence != "none":
+                from corruptencoder.defend.base import DEFENCES
+                from corruptencoder.ssl.config import METHODS
+
+                kind, kinds = METHODS.get(a.method).data_kind, DEFENCES.get(a.defence).data_kinds
+                if kind not in kinds:
+                    raise ConfigError(f"arm {a.name}: the {a.defence} defence works on {' or '.join(kinds)} "
+                                      f"pre-training data, and {a.method} trains on {kind}; pick another defence "
+                                      "or method for this arm")
         return out
 
     def sweep_of(self, arm_name: str) -> tuple[str, Any] | None:

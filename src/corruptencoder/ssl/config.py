@@ -179,6 +179,16 @@ class PretrainConfig(StrictModel):
             raise ValueError("give data.clean (clean pre-training images) and/or data.poisons")
         return self
 
+    @model_validator(mode="after")
+    def _localized_needs_a_pair(self) -> "PretrainConfig":
+        # localized cropping draws view 2 near view 1: a method with one view of each image (CLIP, whose pair is
+        # the image and its caption; CompRess) would train exactly as without it and report a defence it never had
+        if self.views.crop == "localized" and len(METHODS.get(self.method.name).colours) < 2:
+            raise ValueError(f"views.crop=localized draws a second view near the first, but {self.method.name} "
+                             "takes one view of each image, so it would change nothing; use crop: none, or a "
+                             "method with two views (moco, simclr, swav, msf, byol)")
+        return self
+
     def resolved_optim(self) -> tuple[str, float, float, float]:
         """(optimizer, absolute lr, weight decay, warm-up epochs) after method defaults and scaling."""
         d = METHODS.get(self.method.name).optim

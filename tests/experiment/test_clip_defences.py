@@ -1,0 +1,67 @@
+"""Defences on CLIP arms: the ones that apply run end to end; the ones that cannot apply are refused before any work.
+
+Until 2026-12-04 an experiment's CompRess of a CLIP suspect found no image to distil on and DECREE none to invert
+with (both after the CLIP encoder had trained), PatchSearch failed the same way, and localized cropping on CLIP's
+single view trained exactly the undefended encoder while the report called it defended.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from corruptencoder.cli import main
+from corruptencoder.errors import ConfigError
+from corruptencoder.experiment.config import load_experiment
+
+CLIP = {
+    "name": "clip-defences", "preset": "cpu-tiny", "seeds": [0],
+    "world": {"image_size": 32, "n_pretrain": 120, "n_train_per_class": 6, "n_test_per_class": 6,
+              "n_backgrounds": 24, "n_support": 3},
+    "targets": [{"name": "fish", "task": "demo"}],
+    "defaults": {"method": "clip", "attack": "corruptencoder-mm", "num_poisons": 12, "trigger_size": 4,
+                 "eval_trigger_size": 4, "epochs": 1, "batch_size": 32},
+    "pretrain": {"backbone": {"width": 0.25}, "trainer": {"threads": 1}},
+    "arms": [{"name": "compress", "defence": "compress", "defence_args": {"fraction": 0.5, "epochs": 1}},
+             {"name": "decree", "defence": "decree", "defence_args": {"steps": 5, "images": 16}}],
+    "evaluation": {"probe_epochs": 5, "checkpoints_every": 0},
+}
+
+
+def write(tmp_path: Path, cfg: dict, name: str = "exp.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def test_compress_and_decree_defend_a_clip_arm(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert main(["run", str(write(tmp_path, CLIP)), "--out", str(run), "--quiet"]) == 0
+    rows = json.loads((run / "results.json").read_text())["rows"]
+    assert {r["arm"] for r in rows} == {"compress", "decree"}
+    students = [json.loads(p.read_text()) for p in (run / "cache" / "defences").glob("*/work/run.json")]
+    assert students and all(s["method"] == "compress" and s["num_poisons"] == 0 for s in students)
+    n_clean = 120
+    assert all(s["num_images"] == n_clean // 2 for s in students)  # half of the clean pairs' images
+    verdicts = [r for r in rows if r["arm"] == "decree"]
+    assert verdicts and all(r["decree_verdict"] in ("clean", "backdoored") and r["decree_pl1"] > 0 and
+                            r["decree_verdict_clean"] in ("clean", "backdoored") for r in verdicts)
+
+
+@pytest.mark.parametrize("arm,needle", [
+    ({"name": "loc", "defence": "localized"}, "clip takes one view of each image"),
+    ({"name": "ps", "defence": "patchsearch"}, "arm ps: the patchsearch defence works on images"),
+])
+def test_defences_that_cannot_apply_to_clip_are_refused_before_any_work(tmp_path: Path, arm: dict,
+                                                                         needle: str) -> None:
+    cfg = json.loads(json.dumps(CLIP)) | {"arms": [arm]}
+    path = write(tmp_path, cfg)
+    if arm["defence"] == "patchsearch":
+        with pytest.raises(ConfigError, match=needle):
+            load_experiment(path)
+    run = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(run), "--quiet"]) == 2
+    assert not run.exists()
