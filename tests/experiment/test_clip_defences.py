@@ -65,3 +65,27 @@ def test_defences_that_cannot_apply_to_clip_are_refused_before_any_work(tmp_path
     run = tmp_path / "run"
     assert main(["run", str(path), "--out", str(run), "--quiet"]) == 2
     assert not run.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["moco", "simclr", "swav", "msf", "byol", "clip"])
+def test_every_method_runs_with_every_defence_that_applies(tmp_path: Path, method: str) -> None:
+    """One epoch of each method under each defence it takes, through the runner: a combination nobody ran is
+    where the two CLIP failures above hid."""
+    from corruptencoder.defend.base import DEFENCES
+    from corruptencoder.ssl.config import METHODS
+
+    kind = METHODS.get(method).data_kind
+    args = {"localized": {"delta": 0.2}, "compress": {"fraction": 0.5, "epochs": 1},
+            "decree": {"steps": 5, "images": 16}, "patchsearch": {}}
+    defences = [d for d in DEFENCES.names() if kind in DEFENCES.get(d).data_kinds and
+                not (d == "localized" and len(METHODS.get(method).colours) < 2)]
+    cfg = json.loads(json.dumps(CLIP))
+    cfg["defaults"] |= {"method": method, "attack": "corruptencoder-mm" if kind == "pairs" else "corruptencoder"}
+    cfg["pretrain"]["method"] = {"queue_size": 64} if method == "moco" else {}
+    cfg["arms"] = [{"name": "none"}] + [{"name": d, "defence": d, "defence_args": args.get(d, {})} for d in defences]
+    run = tmp_path / "run"
+    assert main(["run", str(write(tmp_path, cfg)), "--out", str(run), "--quiet"]) == 0
+    rows = json.loads((run / "results.json").read_text())["rows"]
+    assert {r["arm"] for r in rows} == {"none", *defences}
+    assert all(r["asr"] is not None and r["ca"] is not None for r in rows)
