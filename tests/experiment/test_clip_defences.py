@@ -67,6 +67,13 @@ def test_defences_that_cannot_apply_to_clip_are_refused_before_any_work(tmp_path
     assert not run.exists()
 
 
+def test_a_single_modal_attack_on_a_clip_arm_is_refused_before_crafting(tmp_path: Path) -> None:
+    """It failed at pre-training ("no pairs.csv"), after its poisons were crafted."""
+    cfg = json.loads(json.dumps(CLIP)) | {"arms": [{"name": "ce", "attack": "corruptencoder"}]}
+    with pytest.raises(ConfigError, match="arm ce: clip trains on image-text pairs and the corruptencoder attack"):
+        load_experiment(write(tmp_path, cfg))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["moco", "simclr", "swav", "msf", "byol", "clip"])
 def test_every_method_runs_with_every_defence_that_applies(tmp_path: Path, method: str) -> None:

@@ -258,9 +258,15 @@ class ExperimentConfig(StrictModel):
             for t in a.targets or []:
                 if t not in known:
                     raise ConfigError(f"arm {a.name}: target {t!r} is not in targets ({', '.join(sorted(known))})")
+            from corruptencoder.ssl.config import METHODS
+
+            if (a.attack != "none" and METHODS.get(a.method).data_kind == "pairs"
+                    and not ATTACKS.get(a.attack).multimodal):
+                mm = ", ".join(n for n in ATTACKS.names() if ATTACKS.get(n).multimodal)
+                raise ConfigError(f"arm {a.name}: {a.method} trains on image-text pairs and the {a.attack} attack "
+                                  f"writes images only; use a multi-modal attack ({mm}) or an image method")
             if a.defence != "none":
                 from corruptencoder.defend.base import DEFENCES
-                from corruptencoder.ssl.config import METHODS
 
                 kind, kinds = METHODS.get(a.method).data_kind, DEFENCES.get(a.defence).data_kinds
                 if kind not in kinds:
