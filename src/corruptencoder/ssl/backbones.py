@@ -101,7 +101,9 @@ class TimmBackbone(nn.Module):
             self.model = timm.create_model(name, pretrained=False, num_classes=0)
         except RuntimeError as exc:
             raise ConfigError(f"backbone timm:{name}: {exc}") from None
-        self.out_dim = int(cast(int, self.model.num_features))
+        # what forward() returns with num_classes=0: the pre-logits features, wider than num_features where the
+        # model has a head layer of its own (MobileNetV3: 288 -> 1024)
+        self.out_dim = int(cast(int, getattr(self.model, "head_hidden_size", None) or self.model.num_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)

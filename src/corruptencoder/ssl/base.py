@@ -70,9 +70,32 @@ class SSLMethod(L.LightningModule, Generic[C]):
         self.spec, self.backbone = self.make_backbone()
         self.feat_dim = int(cast(int, self.backbone.out_dim))
         self.plan: ViewPlan = view_plan(cfg)
+        self._check_view_sizes()
         self.build()
         if cfg.trainer.channels_last:
             self.to(memory_format=torch.channels_last)
+
+    def _check_view_sizes(self) -> None:
+        """A backbone built for one input size (a ViT, CLIP's attention pool) cannot take SwAV's smaller local views:
+        say so now, in one line, rather than as a shape error in the first step."""
+        sizes = sorted({v.size for v in self.plan.views} - {self.cfg.data.image_size})
+        if not sizes:
+            return
+        from corruptencoder.errors import ConfigError
+
+        was = self.backbone.training
+        self.backbone.eval()
+        try:
+            with torch.no_grad():
+                for s in sizes:
+                    self.backbone(torch.zeros(1, 3, s, s))
+        except (RuntimeError, ValueError, AssertionError) as exc:
+            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"backbone {self.cfg.backbone.name} cannot take the {s} px local views of "
+                              f"{self.cfg.method.name}'s multi-crop ({why}); set views.n_local: 0, or use a "
+                              "convolutional backbone") from None
+        finally:
+            self.backbone.train(was)
 
     @property
     def m(self) -> C:
