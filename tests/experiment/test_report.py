@@ -118,3 +118,15 @@ def test_rows_and_aggregates_say_where_the_encoder_was_trained() -> None:
            "sweep": None, "sweep_value": None, "target": "boat", "task": "demo", "epoch": "final", "asr": 1.0}
     agg = aggregate([{**row, "seed": 0, "trained_on": cpu}, {**row, "seed": 1, "trained_on": gpu}])[0]
     assert agg["trials"] == 2 and agg["trained_on"] == f"{cpu}; {gpu}"
+
+
+def test_a_list_valued_sweep_aggregates_per_value() -> None:
+    """Sweeping attack_args.location ([lo, hi] pairs) crashed the run at its very end (a list is no dict key)."""
+    from corruptencoder.experiment.results import aggregate
+
+    row = {"experiment": "e", "attack": "ssl-backdoor", "method": "moco", "defence": "none",
+           "sweep": "attack_args.location", "target": "boat", "task": "demo", "epoch": "final"}
+    rows = [{**row, "arm": f"location={v}", "sweep_value": v, "seed": s, "asr": asr}
+            for v, asr in (([0.2, 0.8], 10.0), ([0.25, 0.75], 30.0)) for s in (0, 1)]
+    aggs = aggregate(rows)
+    assert [(a["sweep_value"], a["trials"], a["asr"]) for a in aggs] == [([0.2, 0.8], 2, 10.0), ([0.25, 0.75], 2, 30.0)]

@@ -216,5 +216,6 @@ def test_a_crafting_error_stops_the_run_before_any_pretraining(tmp_path: Path,
     cfg = {**TINY, "arms": [*TINY["arms"], {"name": "ce-big", "attack": "corruptencoder", "trigger_size": 24}]}
     run = tmp_path / "run"
     assert main(["run", str(write(tmp_path, cfg)), "--out", str(run), "--quiet"]) != 0
-    assert "cannot fit" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert "cannot fit" in err and err.startswith("error: arm ce-big (seed 0): ") and len(err.splitlines()) == 1
     assert "pretrain" not in counts(run)  # the 'ce' arm's poisons were crafted, nothing was trained

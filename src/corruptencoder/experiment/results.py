@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -114,10 +115,13 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and std over trials (seeds) for every arm x target x epoch."""
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault(tuple(r.get(k) for k in KEYS), []).append(r)
+        # a swept value may be a list (e.g. attack_args.location: [0.2, 0.8]): grouped by its JSON text
+        values = (r.get(k) for k in KEYS)
+        key = tuple(json.dumps(v, sort_keys=True) if isinstance(v, (list, dict)) else v for v in values)
+        groups.setdefault(key, []).append(r)
     out = []
-    for key, rs in groups.items():
-        agg: dict[str, Any] = dict(zip(KEYS, key, strict=True))
+    for rs in groups.values():
+        agg: dict[str, Any] = {k: rs[0].get(k) for k in KEYS}
         agg["trials"] = len(rs)
         for m in METRICS:
             vals = [v for v in (_num(r.get(m)) for r in rs) if v is not None]

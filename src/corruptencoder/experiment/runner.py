@@ -141,7 +141,10 @@ class Runner:
             return out
         t0 = time.perf_counter()
         cfg.workers = 2
-        craft(cfg, out, overwrite=True, progress=False)
+        try:
+            craft(cfg, out, overwrite=True, progress=False)
+        except UserError as exc:  # the file and the fix, and which of the experiment's arms asked for it
+            raise type(exc)(f"arm {arm.name} (seed {seed}): {exc}") from None
         self.log.add("craft", key, "ran", time.perf_counter() - t0, f"{arm.name} seed {seed}")
         return out
 
