@@ -278,7 +278,8 @@ def _add_evaluate(sub: Any, parents: dict[str, argparse.ArgumentParser]) -> None
     p.add_argument("--backbone", help="backbone of plain state-dict encoders (encoder.pt knows its own): "
                    "resnet18 | resnet34 | resnet50 | small_cnn | timm:<name>")
     p.add_argument("--width", type=float, default=1.0, help="width multiplier for --backbone")
-    p.add_argument("--task", required=True, help="task YAML, or 'demo' for the demo world's downstream split")
+    p.add_argument("--task", required=True, help="task YAML, an ImageFolder root (train/ and test/ or val/ "
+                   "inside), or 'demo' for the demo world's downstream split")
     p.add_argument("--poisons", nargs="+", type=Path, default=[],
                    help="poison folders: their targets, triggers and reference images")
     p.add_argument("--target", action="append", default=[], metavar="NAME[=CLASS]",

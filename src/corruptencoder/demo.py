@@ -69,11 +69,20 @@ def demo_class_assets(world: Path, class_name: str) -> Path:
 
 
 def task_from_spec(spec: str, image_size: int | None = None) -> "Task":
-    """A downstream task from a task YAML, or 'demo' for the demo world's labelled split."""
+    """A downstream task from a task YAML, an ImageFolder root (``train/`` and ``test/`` or ``val/`` inside), or
+    'demo' for the demo world's labelled split."""
+    from pathlib import Path
+
     from corruptencoder.evaluate.tasks import TaskConfig, load_task
     from corruptencoder.utils.config import load_config
 
-    cfg = demo_task_config() if spec == "demo" else load_config(TaskConfig, spec)
+    root = Path(spec)
+    if spec == "demo":
+        cfg = demo_task_config()
+    elif root.is_dir():  # the usual layout needs no YAML; load_task says what is missing in it. The default name
+        cfg = TaskConfig(root=str(root))  # ("task") takes every target of the poison folders, whatever task they name
+    else:
+        cfg = load_config(TaskConfig, spec)
     if image_size:
         cfg = cfg.model_copy(update={"image_size": image_size})
     return load_task(cfg)

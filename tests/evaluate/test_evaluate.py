@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -266,3 +267,15 @@ def test_trigger_paste_can_round_trip_through_jpeg_as_the_authors_test_set() -> 
     assert lossy.shape == exact.shape and lossy.dtype == torch.uint8
     assert not torch.equal(lossy, exact)  # JPEG changed the pixels ...
     assert (lossy.float() - exact.float()).abs().mean() < 6  # ... a little
+
+
+def test_cli_takes_an_imagefolder_root_as_the_task(task_root: Path, encoder_file: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """`--task ROOT` with train/ and test/ inside needs no YAML (it was "is a folder, not a config file")."""
+    Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(tmp_path / "t.png")
+    code = main(["evaluate", "--encoder", str(encoder_file), "--task", str(task_root), "--target", "dog",
+                 "--trigger", str(tmp_path / "t.png"), "--image-size", "16", "--probe-epochs", "2", "--quiet",
+                 "--out", str(tmp_path / "ev")])
+    assert code == 0 and "dog" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "ev" / "metrics.json").read_text())["summary"]
+    assert summary["targets"][0]["target"] == "dog" and 0 <= summary["targets"][0]["asr"] <= 100
