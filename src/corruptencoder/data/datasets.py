@@ -21,7 +21,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from corruptencoder.errors import ImageError
-from corruptencoder.utils.imageio import load_rgb
+from corruptencoder.utils.imageio import JpegFrame, load_rgb
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,22 @@ _JPEG = (".jpg", ".jpeg", ".jfif")
 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io")
 
 
+def read_plain_jpeg(path: str | os.PathLike[str]) -> tuple[JpegFrame, bytes] | None:
+    """A JPEG file's header and bytes, read once, when torchvision decodes it to Pillow's display pixels
+    (:func:`~corruptencoder.utils.imageio.plain_jpeg`); None for anything else, which Pillow's path decodes or
+    names the fault of."""
+    if not str(path).lower().endswith(_JPEG):
+        return None
+    from corruptencoder.utils.imageio import plain_jpeg
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return None
+    frame = plain_jpeg(data)
+    return None if frame is None else (frame, data)
+
+
 def decode_tensor(path: str | os.PathLike[str], short_side: int | None) -> torch.Tensor:
     """Decode to a uint8 (3, H, W) tensor whose shorter side is at most ``short_side``.
 
@@ -51,22 +67,15 @@ def decode_tensor(path: str | os.PathLike[str], short_side: int | None) -> torch
     same pixels as Pillow's: checked on the Places365 backgrounds; about 5x faster than Pillow + a copy);
     everything else (other formats, CMYK, shrinking, a file torchvision refuses) goes through Pillow's path,
     which also reports any problem with the file."""
-    if str(path).lower().endswith(_JPEG):
-        from corruptencoder.utils.imageio import plain_jpeg
+    jpeg = read_plain_jpeg(path)
+    if jpeg is not None and (not short_side or min(jpeg[0].width, jpeg[0].height) <= short_side):
+        from torchvision.io import ImageReadMode, decode_jpeg
 
         try:
-            data = Path(path).read_bytes()
-        except OSError:
-            data = b""  # Pillow's path below names the fault
-        frame = plain_jpeg(data)
-        if frame is not None and (not short_side or min(frame.width, frame.height) <= short_side):
-            from torchvision.io import ImageReadMode, decode_jpeg
-
-            try:
-                return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB,
-                                   apply_exif_orientation=True)
-            except RuntimeError:
-                pass  # Pillow's path below decodes it or says what is wrong
+            return decode_jpeg(torch.frombuffer(bytearray(jpeg[1]), dtype=torch.uint8), mode=ImageReadMode.RGB,
+                               apply_exif_orientation=True)
+        except RuntimeError:
+            pass  # Pillow's path below decodes it or says what is wrong
     return to_tensor(load_rgb(path, draft_short_side=short_side), short_side)
 
 

@@ -18,13 +18,12 @@ the host would (not a JPEG, CMYK, an EXIF rotation) is decoded by the worker and
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from corruptencoder.data.datasets import _JPEG, ImageStore, ViewDataset
+from corruptencoder.data.datasets import _JPEG, ImageStore, ViewDataset, read_plain_jpeg
 
 FloatBox = tuple[float, float, float, float]
 
@@ -56,19 +55,11 @@ def _shrunk(w: int, h: int, short_side: int | None) -> tuple[int, int]:
 def read_jpeg(path: str) -> tuple[int, int, torch.Tensor] | None:
     """(width, height, the file's bytes) when the device may decode this file exactly as the host would (a plain
     RGB or grey JPEG stored upright), else None: the worker decodes it on the host path, which also names a fault.
-    One read: the header comes from the bytes that travel (:func:`~corruptencoder.utils.imageio.plain_jpeg`)."""
-    if not path.lower().endswith(_JPEG):
+    One read: the header comes from the bytes that travel."""
+    jpeg = read_plain_jpeg(path)
+    if jpeg is None or jpeg[0].orientation != 1:
         return None
-    from corruptencoder.utils.imageio import plain_jpeg
-
-    try:
-        data = Path(path).read_bytes()
-    except OSError:
-        return None
-    frame = plain_jpeg(data)
-    if frame is None or frame.orientation != 1:
-        return None
-    return frame.width, frame.height, _as_tensor(data)
+    return jpeg[0].width, jpeg[0].height, _as_tensor(jpeg[1])
 
 
 class EncodedViewDataset(ViewDataset):

@@ -396,16 +396,16 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False, over
     model = method_class(cfg.method.name)(cfg)
     collate: Any = collate_views
     decode_on = "host"  # where the training images are decoded and cropped (run.json)
-    if clip:
-        from corruptencoder.data.datasets import PairDataset
-        from corruptencoder.ssl.clip_model import CaptionTokens, context_length
+    if clip or pair_images:
+        store = ImageStore(files.names(), short, cache, progress=show, loader=files.load_image)
+        if clip:
+            from corruptencoder.data.datasets import PairDataset
+            from corruptencoder.ssl.clip_model import CaptionTokens, context_length
 
-        store = ImageStore(files.names(), short, cache, progress=show, loader=files.load_image)
-        dataset: Any = PairDataset(store, files.captions(), model.plan.crop,
-                                   CaptionTokens(context_length(cast(dict[str, Any], model.clip_spec))))
-    elif pair_images:
-        store = ImageStore(files.names(), short, cache, progress=show, loader=files.load_image)
-        dataset = ViewDataset(store, model.plan.crop)
+            dataset: Any = PairDataset(store, files.captions(), model.plan.crop,
+                                       CaptionTokens(context_length(cast(dict[str, Any], model.clip_spec))))
+        else:
+            dataset = ViewDataset(store, model.plan.crop)
     else:
         from corruptencoder.data.encoded import EncodedViewDataset, collate_encoded, device_decode_wanted
 
