@@ -96,3 +96,24 @@ def test_every_method_runs_with_every_defence_that_applies(tmp_path: Path, metho
     rows = json.loads((run / "results.json").read_text())["rows"]
     assert {r["arm"] for r in rows} == {"none", *defences}
     assert all(r["asr"] is not None and r["ca"] is not None for r in rows)
+
+
+def test_poison_ratio_and_clean_count_of_a_clip_arm_count_its_pairs(tmp_path: Path) -> None:
+    """A CLIP arm's clean inputs are ``data.pairs``; counting ``data.clean``'s images there gave 0, so a
+    ``poison_ratio`` crafted one poison, the plan estimated a few seconds and CompRess sized its queue from nothing."""
+    from corruptencoder.experiment.plan import PlanningRunner
+    from corruptencoder.experiment.runner import Runner
+    from corruptencoder.experiment.stages import craft_config
+
+    cfg = json.loads(json.dumps(CLIP))
+    cfg["defaults"] = {k: v for k, v in cfg["defaults"].items() if k != "num_poisons"} | {"poison_ratio": 0.1}
+    cfg["arms"] = [{"name": "clip"}, {"name": "moco", "method": "moco", "attack": "corruptencoder"}]
+    exp = load_experiment(write(tmp_path, cfg))
+    planner = PlanningRunner(exp, tmp_path / "plan")
+    clip = next(a for a in planner.arms if a.name == "clip")
+    assert planner.n_clean(clip) == 120  # the world's size before it exists
+    runner = Runner(exp, tmp_path / "run")
+    moco = next(a for a in runner.arms if a.name == "moco")
+    assert runner.n_clean(clip) == 120 == runner.n_clean(moco)  # 120 pairs, 120 images
+    crafted = craft_config(exp, clip, 0, runner.resolve, lambda: runner.n_clean(clip), list_files=False)
+    assert crafted is not None and crafted.targets[0].num == 12  # 10 % of 120 (it was 1)

@@ -55,14 +55,15 @@ class PlanningRunner(Runner):
             self._seen.add((item.stage, item.key))
             self.plan.stages.append(item)
 
-    def n_clean(self) -> int:
-        if self.cfg.data.clean == "demo" and not (self.world / "world.json").is_file():
+    def n_clean(self, arm: ArmSpec | None = None) -> int:
+        if not self.world_exists():  # the demo world's size, before it is generated (its captions too)
             w = self.cfg.world
             return min(w.n_pretrain, self.cfg.data.max_images or w.n_pretrain)
-        return super().n_clean()
+        return super().n_clean(arm)
 
     def craft(self, arm: ArmSpec, seed: int) -> Path | None:
-        cfg = stages.craft_config(self.cfg, arm, seed, self.resolve, self.n_clean, list_files=self.world_exists())
+        cfg = stages.craft_config(self.cfg, arm, seed, self.resolve, lambda: self.n_clean(arm),
+                                   list_files=self.world_exists())
         if cfg is None:
             return None
         key = digest({"craft": cfg.model_dump(mode="json", exclude={"workers"}), "v": __version__})
@@ -80,7 +81,7 @@ class PlanningRunner(Runner):
         cfg, key, out = self.pretrain_setting(arm, seed, poisons, clean_list)
         n_poisons = 0
         if poisons is not None:
-            crafted = stages.craft_config(self.cfg, arm, seed, self.resolve, self.n_clean, list_files=False)
+            crafted = stages.craft_config(self.cfg, arm, seed, self.resolve, lambda: self.n_clean(arm), list_files=False)
             n_poisons = sum(t.num for t in crafted.targets) if crafted is not None else 0
         b, o = cfg.backbone, cfg.optim
         _, lr, _, _ = cfg.resolved_optim()
@@ -89,7 +90,7 @@ class PlanningRunner(Runner):
                   + (", continued" if b.init else ""))
         setting = (cfg.method.name, b.name, b.width, cfg.data.image_size, o.batch_size)
         self._add(PlannedStage("pretrain", f"{role}, seed {seed}", key, (out / "encoder.pt").is_file(), detail,
-                               images=self.n_clean() + n_poisons, epochs=o.epochs, setting=setting))
+                               images=self.n_clean(arm) + n_poisons, epochs=o.epochs, setting=setting))
         if setting not in self.plan.throughput:
             self.plan.throughput[setting] = 0.0
             self._sample_configs[setting] = cfg

@@ -69,7 +69,7 @@ class Runner:
         self.arms = select_arms(cfg.expanded_arms(), only)
         self._world: Path | None = None
         self.generate = True  # False while planning: paths are computed, nothing is generated
-        self._n_clean: int | None = None
+        self._n_clean: dict[str, int] = {}  # clean inputs per data section (images, or pairs for CLIP)
 
     # -- paths -------------------------------------------------------------------------------
     @property
@@ -107,12 +107,21 @@ class Runner:
         return value
 
     # -- crafting ----------------------------------------------------------------------------
-    def n_clean(self) -> int:
-        if self._n_clean is None:
-            from corruptencoder.ssl.train import pretrain_files
+    def n_clean(self, arm: ArmSpec | None = None) -> int:
+        """How many clean inputs ``arm`` pre-trains on (default: the first arm's): images, or image-text pairs
+        for a CLIP arm, whose data is ``data.pairs`` (counting images there gave 0, so a ``poison_ratio`` made
+        one poison and CompRess of a CLIP tower sized its queue from nothing)."""
+        import json
 
-            self._n_clean = len(pretrain_files(self.pretrain_config(self.arms[0], 0, None)).files)
-        return self._n_clean
+        from corruptencoder.ssl.config import METHODS
+        from corruptencoder.ssl.train import pretrain_files, pretrain_pairs
+
+        cfg = self.pretrain_config(arm or self.arms[0], 0, None)
+        pairs = METHODS.get(cfg.method.name).data_kind == "pairs"
+        key = json.dumps({"pairs": pairs, "data": cfg.data.model_dump(mode="json")}, sort_keys=True)
+        if key not in self._n_clean:
+            self._n_clean[key] = len(pretrain_pairs(cfg)) if pairs else len(pretrain_files(cfg).files)
+        return self._n_clean[key]
 
     def arm_targets(self, arm: ArmSpec) -> list[TargetSpec]:
         return stages.arm_targets(self.cfg, arm)
@@ -131,7 +140,7 @@ class Runner:
     def craft(self, arm: ArmSpec, seed: int) -> Path | None:
         from corruptencoder.poison.craft import craft
 
-        cfg = stages.craft_config(self.cfg, arm, seed, self.resolve, self.n_clean)
+        cfg = stages.craft_config(self.cfg, arm, seed, self.resolve, lambda: self.n_clean(arm))
         if cfg is None:
             return None
         key = digest({"craft": cfg.model_dump(mode="json", exclude={"workers"}), "v": __version__})
@@ -251,7 +260,7 @@ class Runner:
         report_file = out / "defence.json"
         ctx = DefenceContext(out=out / "work", seed=seed, preset=self.cfg.preset, pretrain=body,
                              encoder=base / "encoder.pt",
-                             clean_count=self.n_clean(), device=self.device, progress=self.progress,
+                             clean_count=self.n_clean(arm), device=self.device, progress=self.progress,
                              resume=(out / "work" / "config.yaml").is_file())
         if defence.kind == "encoder":
             if not report_file.is_file():
