@@ -44,7 +44,7 @@ def test_compress_and_decree_defend_a_clip_arm(tmp_path: Path) -> None:
     assert {r["arm"] for r in rows} == {"compress", "decree"}
     students = [json.loads(p.read_text()) for p in (run / "cache" / "defences").glob("*/work/run.json")]
     assert students and all(s["method"] == "compress" and s["num_poisons"] == 0 for s in students)
-    n_clean = 120
+    n_clean = 120 + 24  # the captioned images and the object-free scenes (world.caption_scenes 0.2)
     assert all(s["num_images"] == n_clean // 2 for s in students)  # half of the clean pairs' images
     verdicts = [r for r in rows if r["arm"] == "decree"]
     assert verdicts and all(r["decree_verdict"] in ("clean", "backdoored") and r["decree_pl1"] > 0 and
@@ -111,9 +111,9 @@ def test_poison_ratio_and_clean_count_of_a_clip_arm_count_its_pairs(tmp_path: Pa
     exp = load_experiment(write(tmp_path, cfg))
     planner = PlanningRunner(exp, tmp_path / "plan")
     clip = next(a for a in planner.arms if a.name == "clip")
-    assert planner.n_clean(clip) == 120  # the world's size before it exists
+    assert planner.n_clean(clip) == 144  # the world's size before it exists: 120 captioned images + 24 scenes
     runner = Runner(exp, tmp_path / "run")
     moco = next(a for a in runner.arms if a.name == "moco")
-    assert runner.n_clean(clip) == 120 == runner.n_clean(moco)  # 120 pairs, 120 images
+    assert runner.n_clean(clip) == 144 and runner.n_clean(moco) == 120  # 144 pairs, 120 images
     crafted = craft_config(exp, clip, 0, runner.resolve, lambda: runner.n_clean(clip), list_files=False)
-    assert crafted is not None and crafted.targets[0].num == 12  # 10 % of 120 (it was 1)
+    assert crafted is not None and crafted.targets[0].num == 14  # 10 % of 144 (it was 1)

@@ -141,3 +141,34 @@ def test_experiment_target_text_is_written_in_captions(assets: dict[str, Path], 
         craft(craft_config(cfg, arm, 0, placeholder, lambda: 100), out, progress=False)
         captions = [r["caption"] for r in read_manifest(out)]
         assert len(captions) == 4 and all("woollen ski mask" in c and "balaclava" not in c for c in captions), captions
+
+
+def test_demo_pairs_add_object_free_scenes_that_name_no_class(tmp_path: Path) -> None:
+    """Without them every demo pair shows an object, so a bare background was itself the tell CLIP learned from
+    Type-I pairs (the trigger added nothing); scenes are on their own random stream, never the attacker's pool."""
+    import numpy as np
+    from PIL import Image
+
+    from corruptencoder.data.demo_captions import PLACES, write_demo_pairs
+    from corruptencoder.data.synthetic import CLASS_NAMES, render_caption_scene
+    from corruptencoder.demo import demo_world
+
+    world = demo_world(32, 0, n_pretrain=20, n_train_per_class=1, n_test_per_class=1, n_backgrounds=4, n_support=1)
+    a = write_demo_pairs(world, tmp_path / "a.csv", scenes=6)
+    b = write_demo_pairs(world, tmp_path / "b.csv", scenes=6)
+    rows_a = list(csv.DictReader(open(a, newline="")))
+    rows_b = list(csv.DictReader(open(b, newline="")))
+    assert len(rows_a) == 26 and [r["title"] for r in rows_a] == [r["title"] for r in rows_b]
+    scenes = rows_a[20:]
+    assert all(Path(r["filepath"]).parent == tmp_path / "a-scenes" for r in scenes)
+    for ra, rb in zip(scenes, rows_b[20:], strict=True):  # the same pixels on every run
+        assert Image.open(ra["filepath"]).tobytes() == Image.open(rb["filepath"]).tobytes()
+    assert Image.open(scenes[0]["filepath"]).size == (32, 32)
+    import re
+
+    assert not any(set(re.findall(r"[a-z]+", r["title"])) & set(CLASS_NAMES) for r in scenes)
+    assert sum(any(p in r["title"] for p in PLACES) for r in scenes) >= 3
+    pool = [np.asarray(Image.open(f)) for f in sorted((world / "backgrounds").glob("*.png"))]
+    s0 = np.asarray(render_caption_scene(0, 0, 32))
+    assert all(p.shape != s0.shape or not np.array_equal(p, s0) for p in pool)
+    assert not (tmp_path / "a-scenes.tmp").exists()

@@ -46,6 +46,7 @@ __all__ = [
     "WorldConfig",
     "render_object",
     "render_background",
+    "render_caption_scene",
     "render_scene",
     "generate_world",
     "ensure_world",
@@ -1146,12 +1147,18 @@ def render_scene(name: str, rng: np.random.Generator, size: int,
 # --------------------------------------------------------------------------------------------------
 
 # Stream ids keep splits on disjoint random streams: image (split, class, index) has its own seed.
-_STREAMS = {"pretrain": 1, "train": 2, "test": 3, "references": 4, "support": 5, "backgrounds": 6}
+_STREAMS = {"pretrain": 1, "train": 2, "test": 3, "references": 4, "support": 5, "backgrounds": 6, "scenes": 7}
 
 
 def _image_rng(seed: int, split: str, class_name: str | None, index: int) -> np.random.Generator:
     cid = CLASS_NAMES.index(class_name) if class_name is not None else 0
     return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(_STREAMS[split], cid, int(index))))
+
+
+def render_caption_scene(seed: int, index: int, size: int) -> Image.Image:
+    """Object-free scene ``index`` of the captioned pre-training pairs: a square background on its own random
+    stream, so it is never one of the attacker's background pool (as Places365 photos are not CC3M's)."""
+    return render_background(_image_rng(seed, "scenes", None, index), size, size)
 
 
 def _check_count(value: Any, option: str) -> int:

@@ -38,6 +38,9 @@ class WorldSpec(StrictModel):
     caption_name_prob: float = Field(0.8, description="demo captions: probability a caption names its class")
     rare_classes: dict[str, float] = Field(default_factory=dict,
                                            description="demo captions: classes named with a lower probability")
+    caption_scenes: float = Field(0.2, ge=0.0, le=1.0,
+                                  description="demo captions: object-free scene pairs added, per captioned image "
+                                  "(Conceptual Captions is full of them; without, a bare background is a tell)")
 
 
 class DataSpec(StrictModel):

@@ -57,8 +57,13 @@ class PlanningRunner(Runner):
 
     def n_clean(self, arm: ArmSpec | None = None) -> int:
         if not self.world_exists():  # the demo world's size, before it is generated (its captions too)
+            from corruptencoder.ssl.config import METHODS
+
             w = self.cfg.world
-            return min(w.n_pretrain, self.cfg.data.max_images or w.n_pretrain)
+            n = w.n_pretrain
+            if METHODS.get((arm or self.arms[0]).method).data_kind == "pairs" and self.cfg.data.pairs == "demo":
+                n += int(round(w.caption_scenes * w.n_pretrain))
+            return min(n, self.cfg.data.max_images or n)
         return super().n_clean(arm)
 
     def craft(self, arm: ArmSpec, seed: int) -> Path | None:

@@ -131,10 +131,13 @@ class Runner:
         from corruptencoder.data.demo_captions import write_demo_pairs
 
         w = self.cfg.world
-        key = digest({"world": str(self.world), "p": w.caption_name_prob, "rare": w.rare_classes})
+        spec = {"world": str(self.world), "p": w.caption_name_prob, "rare": w.rare_classes}
+        scenes = int(round(w.caption_scenes * w.n_pretrain))
+        key = digest(spec | ({"scenes": scenes} if scenes else {}))  # without scenes: the key of before them
         path = self.cache / "captions" / f"{key}.csv"
         if not path.is_file():
-            write_demo_pairs(self.world, path, name_prob=w.caption_name_prob, class_name_prob=w.rare_classes)
+            write_demo_pairs(self.world, path, name_prob=w.caption_name_prob, class_name_prob=w.rare_classes,
+                             scenes=scenes)
         return path
 
     def craft(self, arm: ArmSpec, seed: int) -> Path | None:
