@@ -42,6 +42,22 @@ def test_multimodal_checks_compare_with_carlini_terzis() -> None:
     assert not checks["|BA - CA| <= 3 (mushroom, clip, zero-shot)"]["ok"]
 
 
+def test_checks_judge_an_arm_against_the_baseline_of_its_own_group() -> None:
+    """11px/corruptencoder was compared with 8px/carlini-terzis (the first baseline of its target)."""
+    from corruptencoder.experiment.results import target_checks
+
+    common = {"epoch": "final", "sweep": None, "defence": "none", "target": "boat", "ca": 70.0, "ba": 70.0}
+    aggs = [{**common, "method": "clip", "arm": "8px/ct", "attack": "carlini-terzis", "asr": 1.0},
+            {**common, "method": "clip", "arm": "11px/ct", "attack": "carlini-terzis", "asr": 30.0},
+            {**common, "method": "clip", "arm": "11px/ce", "attack": "corruptencoder-mm", "asr": 40.0},
+            {**common, "method": "moco", "arm": "8px/saha", "attack": "ssl-backdoor", "asr": 2.0},
+            {**common, "method": "moco", "arm": "11px/saha", "attack": "ssl-backdoor", "asr": 20.0},
+            {**common, "method": "moco", "arm": "11px/ce", "attack": "corruptencoder", "asr": 70.0}]
+    checks = {c["check"]: c for c in target_checks(aggs)}
+    assert checks["CorruptEncoder ASR >= Carlini-Terzis ASR + 20 (boat, probe)"]["detail"] == "40.0 vs 30.0"
+    assert checks["CorruptEncoder ASR >= 3x SSL-Backdoor ASR (boat)"]["detail"] == "70.0 vs 20.0"
+
+
 def test_defence_table_has_one_row_per_defence_with_distillation_time() -> None:
     from corruptencoder.defend.base import make_defence
     from corruptencoder.experiment.report import defence_table

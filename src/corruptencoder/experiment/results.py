@@ -155,6 +155,15 @@ def _final(aggs: Sequence[dict[str, Any]], **match: Any) -> list[dict[str, Any]]
     return [a for a in aggs if a["epoch"] == "final" and all(a.get(k) == v for k, v in match.items())]
 
 
+def _peer(a: dict[str, Any], candidates: Sequence[dict[str, Any]], key: str = "asr") -> dict[str, Any] | None:
+    """The baseline arm ``a`` is judged against: the same target and method, and of the same arm group where there
+    is one ("11px/corruptencoder" with "11px/carlini-terzis", not with the first baseline of the target)."""
+    same = [x for x in candidates if x["target"] == a["target"] and x.get("method") == a.get("method")
+            and x.get(key) is not None]
+    group = str(a.get("arm", "")).rpartition("/")[0]
+    return next((x for x in same if str(x.get("arm", "")).rpartition("/")[0] == group), same[0] if same else None)
+
+
 def target_checks(aggs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The benchmark targets of the experiments issue, where the arms to judge them exist."""
     checks = []
@@ -165,7 +174,7 @@ def target_checks(aggs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         if a["asr"] is not None:
             checks.append({"check": f"CorruptEncoder ASR >= 60 ({a['target']}, {a['method']})", "value": a["asr"],
                            "ok": a["asr"] >= 60})
-        s = next((x for x in saha if x["target"] == a["target"] and x["method"] == a["method"]), None)
+        s = _peer(a, saha)
         if s and s["asr"] is not None and a["asr"] is not None:
             ratio = a["asr"] / max(s["asr"], 1e-9)
             checks.append({"check": f"CorruptEncoder ASR >= 3x SSL-Backdoor ASR ({a['target']})",
@@ -174,7 +183,7 @@ def target_checks(aggs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         if a["ba"] is not None and a["ca"] is not None:
             checks.append({"check": f"|BA - CA| <= 3 ({a['target']}, {a['method']})",
                            "value": round(abs(a["ba"] - a["ca"]), 2), "ok": abs(a["ba"] - a["ca"]) <= 3})
-        lo = next((x for x in loc if x["target"] == a["target"] and x["method"] == a["method"]), None)
+        lo = _peer(a, loc)
         if lo and a["asr"] is not None and lo["asr"] is not None and a["asr"] > 0:
             cut = 100 * (1 - lo["asr"] / a["asr"])
             checks.append({"check": f"localized cropping cuts CorruptEncoder ASR by >= 80% ({a['target']})",
@@ -188,7 +197,7 @@ def multimodal_checks(aggs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     ct = _final(aggs, attack="carlini-terzis", defence="none", sweep=None)
     for a in _final(aggs, attack="corruptencoder-mm", defence="none", sweep=None):
         for proto, asr, ca, ba in (("probe", "asr", "ca", "ba"), ("zero-shot", "zs_asr", "zs_ca", "zs_ba")):
-            b = next((x for x in ct if x["target"] == a["target"] and x.get(asr) is not None), None)
+            b = _peer(a, ct, asr)
             if a.get(asr) is not None and b is not None:
                 checks.append({"check": f"CorruptEncoder ASR >= Carlini-Terzis ASR + 20 ({a['target']}, {proto})",
                                "value": round(a[asr] - b[asr], 2), "detail": f"{a[asr]:.1f} vs {b[asr]:.1f}",
