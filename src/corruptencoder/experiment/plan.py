@@ -86,7 +86,8 @@ class PlanningRunner(Runner):
         cfg, key, out = self.pretrain_setting(arm, seed, poisons, clean_list)
         n_poisons = 0
         if poisons is not None:
-            crafted = stages.craft_config(self.cfg, arm, seed, self.resolve, lambda: self.n_clean(arm), list_files=False)
+            crafted = stages.craft_config(self.cfg, arm, seed, self.resolve, lambda: self.n_clean(arm),
+                                          list_files=False)
             n_poisons = sum(t.num for t in crafted.targets) if crafted is not None else 0
         b, o = cfg.backbone, cfg.optim
         _, lr, _, _ = cfg.resolved_optim()
