@@ -42,6 +42,10 @@ class WorldSpec(StrictModel):
                                   description="demo captions: object-free scene pairs added, per captioned image "
                                   "(Conceptual Captions is full of them; without, a bare background is a tell)")
 
+    @property
+    def n_caption_scenes(self) -> int:
+        return int(round(self.caption_scenes * self.n_pretrain))
+
 
 class DataSpec(StrictModel):
     clean: str = Field("demo", description="clean pre-training images ('demo' = the demo world's pretrain split)")

@@ -57,12 +57,8 @@ class PlanningRunner(Runner):
 
     def n_clean(self, arm: ArmSpec | None = None) -> int:
         if not self.world_exists():  # the demo world's size, before it is generated (its captions too)
-            from corruptencoder.ssl.config import METHODS
-
             w = self.cfg.world
-            n = w.n_pretrain
-            if METHODS.get((arm or self.arms[0]).method).data_kind == "pairs" and self.cfg.data.pairs == "demo":
-                n += int(round(w.caption_scenes * w.n_pretrain))
+            n = w.n_pretrain + (w.n_caption_scenes if self.on_demo_pairs(arm or self.arms[0]) else 0)
             return min(n, self.cfg.data.max_images or n)
         return super().n_clean(arm)
 

@@ -132,7 +132,7 @@ class Runner:
 
         w = self.cfg.world
         spec = {"world": str(self.world), "p": w.caption_name_prob, "rare": w.rare_classes}
-        scenes = int(round(w.caption_scenes * w.n_pretrain))
+        scenes = w.n_caption_scenes
         key = digest(spec | ({"scenes": scenes} if scenes else {}))  # without scenes: the key of before them
         path = self.cache / "captions" / f"{key}.csv"
         if not path.is_file():
@@ -162,13 +162,16 @@ class Runner:
 
     # -- pre-training ------------------------------------------------------------------------
     def pretrain_config(self, arm: ArmSpec, seed: int, poisons: Path | None, init: Path | None = None) -> Any:
-        from corruptencoder.ssl.config import METHODS
 
-        pairs = None
-        if METHODS.get(arm.method).data_kind == "pairs" and self.cfg.data.pairs == "demo":
-            pairs = str(self.demo_pairs())
+        pairs = str(self.demo_pairs()) if self.on_demo_pairs(arm) else None
         return stages.pretrain_config(self.cfg, arm, seed, poisons, self.resolve, init=init, pairs=pairs,
                                       progress=self.progress)
+
+    def on_demo_pairs(self, arm: ArmSpec) -> bool:
+        """Whether ``arm`` trains on the demo world's captioned pairs (a CLIP arm with ``data.pairs: demo``)."""
+        from corruptencoder.ssl.config import METHODS
+
+        return METHODS.get(arm.method).data_kind == "pairs" and self.cfg.data.pairs == "demo"
 
     def init_encoder(self, arm: ArmSpec, seed: int) -> Path | None:
         """The encoder an arm's continued pre-training starts from (trained first if needed)."""
