@@ -162,7 +162,6 @@ class Runner:
 
     # -- pre-training ------------------------------------------------------------------------
     def pretrain_config(self, arm: ArmSpec, seed: int, poisons: Path | None, init: Path | None = None) -> Any:
-
         pairs = str(self.demo_pairs()) if self.on_demo_pairs(arm) else None
         return stages.pretrain_config(self.cfg, arm, seed, poisons, self.resolve, init=init, pairs=pairs,
                                       progress=self.progress)
