@@ -51,3 +51,20 @@ def test_plan_lists_stages_and_touches_nothing(tmp_path: Path, capsys: pytest.Ca
     assert any(s.stage == "evaluate" for s in plan.stages)
     ran = {json.loads(x)["key"] for x in (run / "stages.jsonl").read_text().splitlines()}
     assert {s.key for s in plan.stages if s.stage in ("craft", "pretrain")} <= ran
+
+
+def test_plan_of_clip_arms_writes_no_captions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A CLIP arm on the demo pairs: the plan wrote the captions (into the run's cache), or failed with 'demo
+    pre-training folder not found' when the world did not exist yet."""
+    body = {**TINY, "name": "tiny-clip-plan", "world": {**TINY["world"], "seed": 8},
+            "targets": [{"name": "boat", "task": "demo"}],
+            "defaults": {**TINY["defaults"], "method": "clip"}, "pretrain": {"trainer": {"threads": 1}},
+            "arms": [{"name": "no-attack", "attack": "none"}, {"name": "ct", "attack": "carlini-terzis"}]}
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(body))
+    run = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(run), "--plan"]) == 0
+    out = capsys.readouterr().out
+    assert "craft: 1 (0 cached, 1 to run)" in out and "pretrain: 2 (0 cached, 2 to run)" in out
+    assert "6 poisons" in out  # num_poisons, whatever the pair count
+    assert not run.exists()

@@ -172,3 +172,20 @@ def test_demo_pairs_add_object_free_scenes_that_name_no_class(tmp_path: Path) ->
     s0 = np.asarray(render_caption_scene(0, 0, 32))
     assert all(p.shape != s0.shape or not np.array_equal(p, s0) for p in pool)
     assert not (tmp_path / "a-scenes.tmp").exists()
+
+
+def test_type1_images_are_made_at_the_arms_training_size() -> None:
+    """CLIP's views keep 90-100 % of an image, so Type-I images at the training size show the trigger at its stated
+    size; made at the demo world's 64 px and trained at 32 they halved it and no backdoor formed (2026-12-05)."""
+    from corruptencoder.experiment.config import ExperimentConfig
+    from corruptencoder.experiment.stages import craft_config, placeholder
+
+    cfg = ExperimentConfig.model_validate({
+        "name": "t1", "preset": "cpu-tiny", "targets": [{"name": "boat", "task": "demo"}],
+        "defaults": {"method": "clip", "num_poisons": 4, "trigger_size": 8},
+        "arms": [{"name": "ct", "attack": "carlini-terzis"}, {"name": "ce", "attack": "corruptencoder-mm"},
+                 {"name": "ct-48", "attack": "carlini-terzis", "image_size": 48},
+                 {"name": "ct-64", "attack": "carlini-terzis", "attack_args": {"type1_size": 64}}]})
+    sizes = {arm.name: craft_config(cfg, arm, 0, placeholder, lambda: 100).targets[0].options.type1_size
+             for arm in cfg.expanded_arms()}
+    assert cfg.world.image_size == 64 and sizes == {"ct": 32, "ce": 32, "ct-48": 48, "ct-64": 64}

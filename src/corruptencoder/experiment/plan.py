@@ -56,11 +56,15 @@ class PlanningRunner(Runner):
             self.plan.stages.append(item)
 
     def n_clean(self, arm: ArmSpec | None = None) -> int:
-        if not self.world_exists():  # the demo world's size, before it is generated (its captions too)
-            w = self.cfg.world
-            n = w.n_pretrain + (w.n_caption_scenes if self.on_demo_pairs(arm or self.arms[0]) else 0)
+        pairs = self.on_demo_pairs(arm or self.arms[0])
+        if not self.world_exists() or (pairs and not self.demo_pairs().is_file()):
+            w = self.cfg.world  # the demo world's size, before it (or its captions) is generated
+            n = w.n_pretrain + (w.n_caption_scenes if pairs else 0)
             return min(n, self.cfg.data.max_images or n)
         return super().n_clean(arm)
+
+    def demo_pairs(self) -> Path:
+        return self.demo_pairs_path()  # a plan writes no captions (it wrote them, or failed before the world)
 
     def craft(self, arm: ArmSpec, seed: int) -> Path | None:
         cfg = stages.craft_config(self.cfg, arm, seed, self.resolve, lambda: self.n_clean(arm),

@@ -126,15 +126,21 @@ class Runner:
     def arm_targets(self, arm: ArmSpec) -> list[TargetSpec]:
         return stages.arm_targets(self.cfg, arm)
 
+    def demo_pairs_path(self) -> Path:
+        """Where the demo world's captions (CSV) for this caption setting are, written or not."""
+        w = self.cfg.world
+        spec = {"world": str(self.world), "p": w.caption_name_prob, "rare": w.rare_classes}
+        scenes = w.n_caption_scenes
+        key = digest(spec | ({"scenes": scenes} if scenes else {}))  # without scenes: the key of before them
+        return self.cache / "captions" / f"{key}.csv"
+
     def demo_pairs(self) -> Path:
         """The demo world's captions (CSV), generated once per caption setting."""
         from corruptencoder.data.demo_captions import write_demo_pairs
 
         w = self.cfg.world
-        spec = {"world": str(self.world), "p": w.caption_name_prob, "rare": w.rare_classes}
         scenes = w.n_caption_scenes
-        key = digest(spec | ({"scenes": scenes} if scenes else {}))  # without scenes: the key of before them
-        path = self.cache / "captions" / f"{key}.csv"
+        path = self.demo_pairs_path()
         if not path.is_file():
             write_demo_pairs(self.world, path, name_prob=w.caption_name_prob, class_name_prob=w.rare_classes,
                              scenes=scenes)

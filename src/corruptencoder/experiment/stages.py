@@ -63,9 +63,13 @@ def num_poisons(arm: ArmSpec, n_clean: Callable[[], int]) -> int:
     return DEFAULT_POISONS
 
 
-def type1_size(cfg: ExperimentConfig) -> int:
-    """Type-I images at the world's image size (or 224 on real data), like the images around them."""
-    return cfg.world.image_size if cfg.data.pairs == "demo" else 224
+def type1_size(cfg: ExperimentConfig, arm: ArmSpec) -> int:
+    """Type-I images at the arm's pre-training image size (224 at the paper's settings).
+
+    CLIP's views keep 90-100 % of an image, so a Type-I image made at the training size shows the trigger
+    at its stated size. Made at the demo world's 64 px and trained at 32 (the default until 2026-12-06),
+    every trigger was halved in the views and no backdoor formed (README, "On image-text pairs")."""
+    return int(pretrain_body(cfg, arm, cfg.seeds[0], None, placeholder, progress=False)["data"]["image_size"])
 
 
 def craft_config(cfg: ExperimentConfig, arm: ArmSpec, seed: int, resolve: Resolve, n_clean: Callable[[], int],
@@ -80,7 +84,7 @@ def craft_config(cfg: ExperimentConfig, arm: ArmSpec, seed: int, resolve: Resolv
         return None
     attack = ATTACKS.get(arm.attack)
     provided: dict[str, Any] = {k: getattr(arm, k) for k in ArmSpec.model_fields if k in attack.options.model_fields}
-    provided.update(prompts=cfg.evaluation.prompts, type1_size=type1_size(cfg))
+    provided.update(prompts=cfg.evaluation.prompts, type1_size=type1_size(cfg, arm))
     options = {k: v for k, v in provided.items() if k in attack.options.model_fields}
     options.update(arm.attack_args)
     targets = []
