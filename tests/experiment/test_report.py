@@ -37,7 +37,7 @@ def test_multimodal_checks_compare_with_carlini_terzis() -> None:
     checks = {c["check"]: c for c in target_checks(aggs)}
     assert checks["CorruptEncoder ASR >= Carlini-Terzis ASR + 20 (mushroom, probe)"]["ok"]
     assert checks["CorruptEncoder ASR >= Carlini-Terzis ASR + 20 (mushroom, probe)"]["value"] == 39.0
-    assert not checks["CorruptEncoder ASR >= Carlini-Terzis ASR + 20 (mushroom, zero-shot)"]["ok"]
+    assert "CorruptEncoder ASR >= Carlini-Terzis ASR + 20 (mushroom, zero-shot)" not in checks  # no paper claim
     assert checks["|BA - CA| <= 3 (mushroom, clip, probe)"]["ok"]
     assert not checks["|BA - CA| <= 3 (mushroom, clip, zero-shot)"]["ok"]
 

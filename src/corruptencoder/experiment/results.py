@@ -192,13 +192,17 @@ def target_checks(aggs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def multimodal_checks(aggs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Table 3's shape: CorruptEncoder well above (>= 20 points) Carlini-Terzis, BA within 3 of CA."""
+    """Table 3's shape: CorruptEncoder well above (>= 20 points) Carlini-Terzis, BA within 3 of CA.
+
+    The ASR comparison is made on the linear probe only: Table 3 reports probe ASR. Zero-shot, where the text
+    tower reads the target's name, is Carlini-Terzis' own setting and the paper claims nothing there (on the
+    demo world its N Type-I pairs beat CorruptEncoder's N/2 there); BA within 3 of CA is checked for both."""
     checks = []
     ct = _final(aggs, attack="carlini-terzis", defence="none", sweep=None)
     for a in _final(aggs, attack="corruptencoder-mm", defence="none", sweep=None):
         for proto, asr, ca, ba in (("probe", "asr", "ca", "ba"), ("zero-shot", "zs_asr", "zs_ca", "zs_ba")):
             b = _peer(a, ct, asr)
-            if a.get(asr) is not None and b is not None:
+            if proto == "probe" and a.get(asr) is not None and b is not None:
                 checks.append({"check": f"CorruptEncoder ASR >= Carlini-Terzis ASR + 20 ({a['target']}, {proto})",
                                "value": round(a[asr] - b[asr], 2), "detail": f"{a[asr]:.1f} vs {b[asr]:.1f}",
                                "ok": a[asr] - b[asr] >= 20})
