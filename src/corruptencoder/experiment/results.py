@@ -196,7 +196,7 @@ def multimodal_checks(aggs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
     The ASR comparison is made on the linear probe only: Table 3 reports probe ASR. Zero-shot, where the text
     tower reads the target's name, is Carlini-Terzis' own setting and the paper claims nothing there (on the
-    demo world its N Type-I pairs beat CorruptEncoder's N/2 there); BA within 3 of CA is checked for both."""
+    demo world its N Type-I pairs beat CorruptEncoder's N/2 on two seeds of three); BA within 3 of CA: both."""
     checks = []
     ct = _final(aggs, attack="carlini-terzis", defence="none", sweep=None)
     for a in _final(aggs, attack="corruptencoder-mm", defence="none", sweep=None):

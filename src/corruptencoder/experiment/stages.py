@@ -84,7 +84,9 @@ def craft_config(cfg: ExperimentConfig, arm: ArmSpec, seed: int, resolve: Resolv
         return None
     attack = ATTACKS.get(arm.attack)
     provided: dict[str, Any] = {k: getattr(arm, k) for k in ArmSpec.model_fields if k in attack.options.model_fields}
-    provided.update(prompts=cfg.evaluation.prompts, type1_size=type1_size(cfg, arm))
+    provided["prompts"] = cfg.evaluation.prompts
+    if "type1_size" in attack.options.model_fields:  # the multi-modal attacks only
+        provided["type1_size"] = type1_size(cfg, arm)
     options = {k: v for k, v in provided.items() if k in attack.options.model_fields}
     options.update(arm.attack_args)
     targets = []
