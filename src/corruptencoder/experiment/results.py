@@ -200,12 +200,12 @@ def multimodal_checks(aggs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     checks = []
     ct = _final(aggs, attack="carlini-terzis", defence="none", sweep=None)
     for a in _final(aggs, attack="corruptencoder-mm", defence="none", sweep=None):
-        for proto, asr, ca, ba in (("probe", "asr", "ca", "ba"), ("zero-shot", "zs_asr", "zs_ca", "zs_ba")):
-            b = _peer(a, ct, asr)
-            if proto == "probe" and a.get(asr) is not None and b is not None:
-                checks.append({"check": f"CorruptEncoder ASR >= Carlini-Terzis ASR + 20 ({a['target']}, {proto})",
-                               "value": round(a[asr] - b[asr], 2), "detail": f"{a[asr]:.1f} vs {b[asr]:.1f}",
-                               "ok": a[asr] - b[asr] >= 20})
+        b = _peer(a, ct)
+        if a.get("asr") is not None and b is not None:
+            checks.append({"check": f"CorruptEncoder ASR >= Carlini-Terzis ASR + 20 ({a['target']}, probe)",
+                           "value": round(a["asr"] - b["asr"], 2), "detail": f"{a['asr']:.1f} vs {b['asr']:.1f}",
+                           "ok": a["asr"] - b["asr"] >= 20})
+        for proto, ca, ba in (("probe", "ca", "ba"), ("zero-shot", "zs_ca", "zs_ba")):
             if a.get(ba) is not None and a.get(ca) is not None:
                 checks.append({"check": f"|BA - CA| <= 3 ({a['target']}, clip, {proto})",
                                "value": round(abs(a[ba] - a[ca]), 2), "ok": abs(a[ba] - a[ca]) <= 3})
