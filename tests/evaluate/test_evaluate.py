@@ -18,7 +18,7 @@ from corruptencoder.evaluate.linear_probe import LinearProbe, ProbeConfig, train
 from corruptencoder.evaluate.metrics import accuracy, asr_by_class, attack_success_rate, feature_pull, target_rate
 from corruptencoder.evaluate.run import EvalSettings, EvalTarget, Scorer, evaluate, exclude_references
 from corruptencoder.evaluate.tasks import TaskConfig, load_task
-from corruptencoder.evaluate.triggered import TriggerPaste
+from corruptencoder.evaluate.triggered import CONTROL_SEED, TriggerPaste, control_patch
 from corruptencoder.ssl.backbones import backbone_spec
 from corruptencoder.ssl.encoder import load_encoder
 
@@ -69,6 +69,47 @@ def test_always_target_classifier_gives_100(task_root: Path, encoder_file: Path,
     assert t["asr"] == 100.0 and t["n_triggered"] == 12  # 18 test images, the 6 fish excluded
     assert t["clean_target_rate"] == 100.0
     assert res["accuracy"] == pytest.approx(100 / 3, abs=0.01)
+
+
+class _WhitePixels(torch.nn.Module):
+    """A one-feature 'encoder': the share of pure-white pixels (an encoder backdoored to a white trigger only)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from corruptencoder.ssl.augment import IMAGENET_MEAN, IMAGENET_STD
+
+        v = x * torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        return (v.amin(1) >= 0.98).float().mean((1, 2)).unsqueeze(1)
+
+
+def test_control_patch_tells_a_trigger_keyed_backdoor_from_any_patch(task_root: Path, encoder_file: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    task = load_task(TaskConfig(root=str(task_root), image_size=16))
+    scorer = Scorer(encoder_file, task, EvalSettings())
+    scorer.encoder = _WhitePixels()  # type: ignore[assignment]
+    # fish when any white pixel shows, cat otherwise
+    probe = LinearProbe(torch.tensor([[0.0], [0.0], [100.0]]), torch.tensor([0.5, 0.0, 0.0]), torch.zeros(1),
+                        torch.ones(1))
+    monkeypatch.setattr(Scorer, "probe", lambda self: (probe, self.features(task.test.files, "t"),
+                                                       torch.tensor(task.test.labels)))
+    white = np.full((4, 4, 3), 255, np.uint8)
+    t = scorer.score([EvalTarget("fish", "fish", white)])["targets"][0]
+    assert t["asr"] == 100.0 and t["control_asr"] == 0.0  # the backdoor answers its own trigger only
+    # a backdoor keyed to "any patch": the control scores as high as the trigger
+    monkeypatch.setattr("corruptencoder.evaluate.run.control_patch", lambda trig: white)
+    t = scorer.score([EvalTarget("fish", "fish", np.full((4, 4, 3), 255, np.uint8))])["targets"][0]
+    assert t["control_asr"] == t["asr"] == 100.0
+
+
+def test_control_patch_is_a_fixed_random_patch_of_the_triggers_size_never_the_trigger() -> None:
+    from corruptencoder.poison.triggers import TriggerSpec, make_trigger
+
+    trig = np.zeros((5, 7, 3), np.uint8)
+    patch = control_patch(trig)
+    assert patch.shape == (5, 7, 3) and patch.dtype == np.uint8 and patch.std() > 50
+    assert np.array_equal(patch, control_patch(trig))  # the same patch in every run
+    same = make_trigger(TriggerSpec("random", (7, 5), CONTROL_SEED))
+    assert np.array_equal(same, patch)
+    assert not np.array_equal(control_patch(same), same)  # a trigger that is the control gets another one
 
 
 def test_reference_images_are_excluded_from_tests(task_root: Path, tmp_path: Path) -> None:

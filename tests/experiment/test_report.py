@@ -21,9 +21,12 @@ def test_pipe_inside_a_cell_is_escaped() -> None:
 
 def test_zero_shot_table_only_for_arms_with_zero_shot_scores() -> None:
     assert zero_shot_table([_agg()]) == []
-    lines = zero_shot_table([_agg(), _agg(arm="clip-ce", zs_ca=74.7, zs_ba=70.0, zs_asr=6.667, zs_no_attack_asr=3.778)])
+    lines = zero_shot_table([_agg(), _agg(arm="clip-ce", zs_ca=74.7, zs_ba=70.0, zs_asr=6.667, zs_no_attack_asr=3.778,
+                                          zs_control_asr=1.25)])
     assert len(lines) == 3
-    assert lines[2] == "| clip-ce | fish | 74.7 | 70.0 | 6.7 | 3.8 |"
+    assert lines[0].endswith("| no-attack ASR | control ASR |")
+    assert lines[2] == "| clip-ce | fish | 74.7 | 70.0 | 6.7 | 3.8 | 1.2 |"
+    assert zero_shot_table([_agg(zs_ca=74.7, zs_asr=1.0)])[2].endswith("| – |")  # metrics of before the control
 
 
 def test_multimodal_checks_compare_with_carlini_terzis() -> None:
@@ -105,12 +108,19 @@ def test_defence_table_takes_the_no_attack_arm_not_the_base_it_continues() -> No
     assert "79.5 / 1.9" in "\n".join(defence_table(aggs[:1] + aggs[2:], {"base"}))
 
 
-def _verdict(asr: float, clean: float) -> str:
+def _verdict(asr: float, clean: float, control: float | None = None) -> str:
     from corruptencoder.experiment.report import demo_verdict
 
     agg = {"epoch": "final", "sweep": None, "attack": "corruptencoder", "defence": "none", "asr": asr,
-           "no_attack_asr": clean, "reference_accuracy": 100.0, "pull_delta": 0.1, "pull_delta_clean": 0.02}
+           "no_attack_asr": clean, "reference_accuracy": 100.0, "pull_delta": 0.1, "pull_delta_clean": 0.02,
+           "control_asr": control}
     return demo_verdict({"aggregates": [agg]})
+
+
+def test_demo_verdict_says_whether_the_backdoor_answers_its_own_trigger() -> None:
+    assert "answers its own trigger" in _verdict(40.0, 2.0, 3.0)
+    assert "not specific to its trigger" in _verdict(40.0, 2.0, 30.0)
+    assert "control ASR" not in _verdict(40.0, 2.0) and "control ASR" not in _verdict(5.0, 2.0, 4.0)
 
 
 def test_demo_verdict_reads_the_run_and_names_the_base_spread() -> None:

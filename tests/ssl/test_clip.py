@@ -113,6 +113,7 @@ def test_zero_shot_asr_arithmetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert res["accuracy"] == pytest.approx(100 / 3, abs=0.01)
     t = res["targets"][0]
     assert t["asr"] == 100.0 and t["n_triggered"] == 8
+    assert t["control_asr"] == 100.0  # it answers any patch (here: no patch at all) as the target
 
 
 def test_zero_shot_prompts_use_the_targets_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

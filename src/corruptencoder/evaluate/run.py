@@ -31,7 +31,7 @@ from corruptencoder.evaluate.metrics import (
     target_rate,
 )
 from corruptencoder.evaluate.tasks import Task
-from corruptencoder.evaluate.triggered import TriggerPaste, resize_trigger
+from corruptencoder.evaluate.triggered import TriggerPaste, control_patch, resize_trigger
 from corruptencoder.poison.geometry import Box
 from corruptencoder.utils.imageio import load_rgb, open_image
 
@@ -272,6 +272,17 @@ class Scorer:
             self.encoder, files, self.size, self.resize, transform, self.s.batch_size, self.s.resolved_device(),
             self.s.workers, self.s.progress, desc=what))
 
+    def pasted_features(self, patch: np.ndarray, idx: torch.Tensor, what: str) -> torch.Tensor:
+        """Features of the test images ``idx`` with ``patch`` pasted at their seeded spots."""
+        lo, hi = self.s.location
+        paste = TriggerPaste(patch, self.s.seed, lo, hi, self.s.trigger_jpeg_quality)
+        index_map = idx.tolist()
+        return self.features([self.task.test.files[i] for i in index_map], what,
+                             lambda img, j: paste(img, index_map[j]),
+                             transform_key={"trigger": _digest(patch), "seed": self.s.seed, "loc": [lo, hi],
+                                            "index": _digest(np.asarray(index_map)),
+                                            "jpeg": self.s.trigger_jpeg_quality})
+
     def array_features(self, arrays: Sequence[np.ndarray], what: str) -> torch.Tensor:
         if not arrays:
             return torch.zeros(0)
@@ -308,21 +319,16 @@ class Scorer:
         target = self.task.class_index(t.class_name)
         idx = torch.nonzero(yte != target).flatten()
         trig = resize_trigger(t.trigger, self.s.trigger_size)
-        lo, hi = self.s.location
-        paste = TriggerPaste(trig, self.s.seed, lo, hi, self.s.trigger_jpeg_quality)
-        files = [self.task.test.files[int(i)] for i in idx]
-        index_map = idx.tolist()
-        ftrig = self.features(files, f"triggered ({t.name})", lambda img, j: paste(img, index_map[j]),
-                              transform_key={"trigger": _digest(trig), "seed": self.s.seed, "loc": [lo, hi],
-                                             "index": _digest(np.asarray(index_map)),
-                                             "jpeg": self.s.trigger_jpeg_quality})
+        ftrig = self.pasted_features(trig, idx, f"triggered ({t.name})")
         ptrig = probe.predict(ftrig)
         asr, n = attack_success_rate(ptrig, yte[idx], target)
+        control, _ = attack_success_rate(probe.predict(self.pasted_features(control_patch(trig), idx, "control patch")),
+                                         yte[idx], target)
         ref_feats = self.array_features(_object_arrays(t), "reference objects")
         crop_feats = self.array_features(_crop_arrays(t), "object crops")
         res: dict[str, Any] = {
             "name": t.name, "class": self.task.classes[target], "class_index": target,
-            "asr": round(asr, 3), "n_triggered": n,
+            "asr": round(asr, 3), "n_triggered": n, "control_asr": round(control, 3),
             "clean_target_rate": round(target_rate(preds[idx], target), 3),
             "triggered_prediction_histogram": prediction_histogram(ptrig, self.task.classes),
             "asr_by_class": asr_by_class(ptrig, yte[idx], target, self.task.classes),
@@ -384,7 +390,8 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
     for i, t in enumerate(enc["targets"]):
         c = clean["targets"][i] if clean else None
         rows.append({"target": t["name"], "class": t["class"], "asr": t["asr"],
-                     "no_attack_asr": c["asr"] if c else None, "reference_accuracy": t["reference_accuracy"],
+                     "no_attack_asr": c["asr"] if c else None, "control_asr": t.get("control_asr"),
+                     "reference_accuracy": t["reference_accuracy"],
                      "pull_delta": t["pull"].get("delta")})
     return {"ba" if clean else "accuracy": enc["accuracy"], "ca": clean["accuracy"] if clean else None, "targets": rows}
 
@@ -396,12 +403,15 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"CA {s['ca']:.2f}   BA {s['ba']:.2f}   (test images: {result['encoder']['n_test']})")
     else:
         lines.append(f"accuracy {s['accuracy']:.2f}   (test images: {result['encoder']['n_test']})")
-    lines.append(f"{'target':<18}{'class':<18}{'ASR':>8}{'no-attack':>11}{'ref.acc':>9}{'pull':>8}")
+    lines.append(f"{'target':<18}{'class':<18}{'ASR':>8}{'no-attack':>11}{'control':>9}{'ref.acc':>9}{'pull':>8}")
     for r in s["targets"]:
         na = "" if r["no_attack_asr"] is None else f"{r['no_attack_asr']:.2f}"
+        cp = "" if r.get("control_asr") is None else f"{r['control_asr']:.2f}"
         ra = "" if r["reference_accuracy"] is None else f"{r['reference_accuracy']:.1f}"
         pd = "" if r["pull_delta"] is None else f"{r['pull_delta']:+.3f}"
-        lines.append(f"{r['target']:<18}{str(r['class']):<18}{r['asr']:>8.2f}{na:>11}{ra:>9}{pd:>8}")
+        lines.append(f"{r['target']:<18}{str(r['class']):<18}{r['asr']:>8.2f}{na:>11}{cp:>9}{ra:>9}{pd:>8}")
+    lines.append("control: the ASR with an unrelated random patch of the trigger's size (near the no-attack ASR "
+                 "when the backdoor answers its own trigger only)")
     return "\n".join(lines)
 
 

@@ -3,6 +3,11 @@
 The placement for test image ``i`` depends only on (seed, i), so it is the same in every run, batch
 size and worker count. The trigger goes on the *preprocessed* image (after resize + centre crop),
 as in the SSL-Backdoor and CorruptEncoder evaluation code, wholly inside the ``[lo, hi]`` box.
+
+Beyond the paper, every target is also scored with a *control patch* (:func:`control_patch`): an unrelated
+random patch of the trigger's size at the same spots. A backdoor keyed to its trigger gives a control ASR near
+the clean encoder's; a control ASR near the ASR means the encoder learnt "a patch of this kind -> target",
+which the ASR alone cannot tell apart (measured on the demo world's CLIP runs: README, "On image-text pairs").
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import torch
 from PIL import Image
 
 from corruptencoder.poison.geometry import Box, location_box, place_in_region
+from corruptencoder.poison.triggers import TriggerSpec, make_trigger
 
 
 def resize_trigger(trigger: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
@@ -23,6 +29,22 @@ def resize_trigger(trigger: np.ndarray, size: tuple[int, int] | None) -> np.ndar
     im = Image.fromarray(trigger, "RGB")
     down = size[0] <= im.size[0] and size[1] <= im.size[1]
     return np.asarray(im.resize(size, Image.Resampling.BOX if down else Image.Resampling.NEAREST), dtype=np.uint8)
+
+
+#: the control patch's seed: no default trigger seed of a target (a crc32 of its name) is drawn this way, and
+#: :func:`control_patch` steps past a user's trigger that happens to equal it
+CONTROL_SEED = 1_000_003
+
+
+def control_patch(trigger: np.ndarray) -> np.ndarray:
+    """A per-pixel random patch of ``trigger``'s size that is not ``trigger`` (the specificity control)."""
+    h, w = trigger.shape[:2]
+    seed = CONTROL_SEED
+    while True:
+        patch = make_trigger(TriggerSpec("random", (w, h), seed))
+        if not np.array_equal(patch, trigger):
+            return patch
+        seed += 1
 
 
 @dataclass

@@ -17,7 +17,7 @@ import torch
 from corruptencoder.evaluate.features import extract_features
 from corruptencoder.evaluate.metrics import accuracy, attack_success_rate, per_class_accuracy, prediction_histogram
 from corruptencoder.evaluate.tasks import Task
-from corruptencoder.evaluate.triggered import TriggerPaste, resize_trigger
+from corruptencoder.evaluate.triggered import TriggerPaste, control_patch, resize_trigger
 
 
 def prompt_names(task: Task, targets: Sequence[Any]) -> list[str]:
@@ -71,6 +71,11 @@ def zero_shot(clip_path: str | os.PathLike[str], task: Task, targets: Sequence[A
         f = extract_features(tower, files, size, resize, transform, batch_size, device)
         return (torch.nn.functional.normalize(f, dim=-1) @ weights.T).argmax(1)
 
+    def predict_pasted(patch: Any, idx: torch.Tensor) -> torch.Tensor:
+        paste = TriggerPaste(patch, seed, *location)
+        index_map = idx.tolist()
+        return predict([task.test.files[i] for i in index_map], lambda img, j: paste(img, index_map[j]))
+
     y = torch.tensor(task.test.labels)
     preds = predict(task.test.files)
     out: dict[str, Any] = {"clip": str(clip_path), "prompts": prompts, "accuracy": round(accuracy(preds, y), 3),
@@ -78,11 +83,11 @@ def zero_shot(clip_path: str | os.PathLike[str], task: Task, targets: Sequence[A
     for t in targets:
         target = task.class_index(t.class_name)
         idx = torch.nonzero(y != target).flatten()
-        paste = TriggerPaste(resize_trigger(t.trigger, trigger_size), seed, *location)
-        index_map = idx.tolist()
-        ptrig = predict([task.test.files[i] for i in index_map],
-                        lambda img, j, paste=paste, index_map=index_map: paste(img, index_map[j]))
+        trig = resize_trigger(t.trigger, trigger_size)
+        ptrig = predict_pasted(trig, idx)
         asr, n = attack_success_rate(ptrig, y[idx], target)
+        control, _ = attack_success_rate(predict_pasted(control_patch(trig), idx), y[idx], target)
         out["targets"].append({"name": t.name, "class": task.classes[target], "asr": round(asr, 3), "n_triggered": n,
+                               "control_asr": round(control, 3),
                                "triggered_prediction_histogram": prediction_histogram(ptrig, task.classes)})
     return out

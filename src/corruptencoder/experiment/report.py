@@ -35,10 +35,10 @@ def main_table(aggs: Sequence[dict[str, Any]]) -> list[str]:
     for a in rows:
         body.append([a["arm"], a["method"], a["defence"], a["target"], _fmt(a["ca"], a["ca_std"]),
                      _fmt(a["ba"], a["ba_std"]), _fmt(a["asr"], a["asr_std"]), _fmt(a["no_attack_asr"]),
-                     _fmt(a["reference_accuracy"]),
+                     _fmt(a.get("control_asr")), _fmt(a["reference_accuracy"]),
                      _fmt(a["pull_delta"], None, 3) + " / " + _fmt(a["pull_delta_clean"], None, 3),
                      f"{a.get('top_triggered_class') or '–'} ({_fmt(a.get('top_triggered_share'))}%)"])
-    return _table(["arm", "method", "defence", "target", "CA", "BA", "ASR", "no-attack ASR", "ref. acc",
+    return _table(["arm", "method", "defence", "target", "CA", "BA", "ASR", "no-attack ASR", "control ASR", "ref. acc",
                    "pull Δ (attacked / clean)", "top triggered class"], body)
 
 
@@ -150,8 +150,9 @@ def zero_shot_table(aggs: Sequence[dict[str, Any]]) -> list[str]:
     """CLIP arms scored with the text tower and the prompts instead of a probe (beyond the paper)."""
     rows = [a for a in aggs if a["epoch"] == "final" and a["sweep"] is None and a.get("zs_ca") is not None]
     body = [[a["arm"], a["target"], _fmt(a["zs_ca"], a.get("zs_ca_std")), _fmt(a["zs_ba"], a.get("zs_ba_std")),
-             _fmt(a["zs_asr"], a.get("zs_asr_std")), _fmt(a["zs_no_attack_asr"])] for a in rows]
-    return _table(["arm", "target", "CA", "BA", "ASR", "no-attack ASR"], body) if body else []
+             _fmt(a["zs_asr"], a.get("zs_asr_std")), _fmt(a["zs_no_attack_asr"]), _fmt(a.get("zs_control_asr"))]
+            for a in rows]
+    return _table(["arm", "target", "CA", "BA", "ASR", "no-attack ASR", "control ASR"], body) if body else []
 
 
 def training_table(aggs: Sequence[dict[str, Any]]) -> list[str]:
@@ -198,9 +199,11 @@ def write_report(run_dir: Path, result: dict[str, Any]) -> Path:
                                                         for k, v in st.items()), ""]
     lines += ["## Results (final encoders, mean ± std over trials)", "",
               "CA: clean encoder, clean test images. BA: backdoored encoder, clean test images. ASR: triggered "
-              "non-target test images predicted as the target. ref. acc: reference objects the downstream classifier "
-              "labels as the target (roughly the ceiling on ASR). pull Δ: mean cosine of triggered minus clean test "
-              "images to the reference objects' mean embedding (the backdoor in feature space).", ""]
+              "non-target test images predicted as the target. control ASR: the same with an unrelated random patch of "
+              "the trigger's size (near the no-attack ASR if the backdoor answers its own trigger only). ref. acc: "
+              "reference objects the downstream classifier labels as the target (roughly the ceiling on ASR). pull Δ: "
+              "mean cosine of triggered minus clean test images to the reference objects' mean embedding (the "
+              "backdoor in feature space).", ""]
     lines += main_table(aggs) + [""]
     p = figures.asr_by_arm(aggs, figs / "asr_by_arm.png")
     if p:
@@ -333,4 +336,10 @@ def demo_verdict(result: dict[str, Any]) -> str:
     else:
         lines.append(f"The backdoor did NOT form at this scale ({lift:+.1f} points over the no-attack baseline is "
                      "within noise). " + BASE_SPREAD + " " + SCALE_FINDINGS)
+    control = ce.get("control_asr")
+    if control is not None and lift >= 10:
+        keyed = control - base < lift / 2
+        lines.append(f"An unrelated random patch of the trigger's size scores {control:.1f} % (control ASR): "
+                     + ("the backdoor answers its own trigger." if keyed else
+                        "the backdoor is not specific to its trigger; it answers a patch of this kind."))
     return "\n".join(lines)

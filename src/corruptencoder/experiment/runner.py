@@ -360,7 +360,7 @@ class Runner:
                       "targets": [(t.name, t.class_name, hashlib.sha256(t.trigger.tobytes()).hexdigest(),
                                    sorted(t.references), sorted(t.support), len(t.object_crops)) for t in targets],
                       "probe": [e.probe, e.probe_epochs], "loc": list(e.location), "ets": ets, "seed": seed,
-                      "jpeg": e.trigger_jpeg_quality,
+                      "jpeg": e.trigger_jpeg_quality, "control": 1,  # metrics with a control-patch ASR
                       **({"text": [t.text for t in targets]} if any(t.text for t in targets) else {}),
                       "v": __version__})
         return key, tcfg, targets, ets
