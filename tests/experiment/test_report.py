@@ -108,18 +108,20 @@ def test_defence_table_takes_the_no_attack_arm_not_the_base_it_continues() -> No
     assert "79.5 / 1.9" in "\n".join(defence_table(aggs[:1] + aggs[2:], {"base"}))
 
 
-def _verdict(asr: float, clean: float, control: float | None = None) -> str:
+def _verdict(asr: float, clean: float, control: float | None = None, control_clean: float | None = None) -> str:
     from corruptencoder.experiment.report import demo_verdict
 
     agg = {"epoch": "final", "sweep": None, "attack": "corruptencoder", "defence": "none", "asr": asr,
            "no_attack_asr": clean, "reference_accuracy": 100.0, "pull_delta": 0.1, "pull_delta_clean": 0.02,
-           "control_asr": control}
+           "control_asr": control, "control_asr_clean": control_clean}
     return demo_verdict({"aggregates": [agg]})
 
 
 def test_demo_verdict_says_whether_the_backdoor_answers_its_own_trigger() -> None:
     assert "answers its own trigger" in _verdict(40.0, 2.0, 3.0)
     assert "not specific to its trigger" in _verdict(40.0, 2.0, 30.0)
+    assert "answers its own trigger" in _verdict(40.0, 2.0, 30.0, 25.0)  # a patch the clean encoder already sends there
+    assert "not specific" in _verdict(31.8, 1.7, 40.6, 4.2) and "answers its own" in _verdict(67.0, 15.9, 4.6, 4.2)
     assert "control ASR" not in _verdict(40.0, 2.0) and "control ASR" not in _verdict(5.0, 2.0, 4.0)
 
 

@@ -338,7 +338,8 @@ def demo_verdict(result: dict[str, Any]) -> str:
                      "within noise). " + BASE_SPREAD + " " + SCALE_FINDINGS)
     control = ce.get("control_asr")
     if control is not None and lift >= 10:
-        keyed = control - base < lift / 2
+        # the control's lift over the same patch on the clean encoder, against half the trigger's own lift
+        keyed = control - (ce.get("control_asr_clean") or 0.0) < lift / 2
         lines.append(f"An unrelated random patch of the trigger's size scores {control:.1f} % (control ASR): "
                      + ("the backdoor answers its own trigger." if keyed else
                         "the backdoor is not specific to its trigger; it answers a patch of this kind."))
