@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections import Counter
 from pathlib import Path
 
 import torch
 
+from corruptencoder.evaluate.metrics import prediction_histogram, target_rate
 from corruptencoder.evaluate.run import EvalSettings, Scorer
 from corruptencoder.evaluate.tasks import TaskConfig, load_task
 from corruptencoder.poison.triggers import TriggerSpec, default_trigger_seed, make_trigger
@@ -59,10 +59,10 @@ def main() -> None:
         for name in args.triggers:
             preds = probe.predict(scorer.pasted_features(make_trigger(trigger(name, args.size, args.target)), idx,
                                                          name))
-            top, n = Counter(preds.tolist()).most_common(1)[0]
-            print(json.dumps({"encoder": str(enc), "trigger": name, "size": args.size,
-                              "top_class": task.classes[top], "top_share": round(100 * n / len(preds), 1),
-                              "target_share": round(100 * (preds == target).float().mean().item(), 1)}), flush=True)
+            top, share = next(iter(prediction_histogram(preds, task.classes, top=1).items()))
+            print(json.dumps({"encoder": str(enc), "trigger": name, "size": args.size, "top_class": top,
+                              "top_share": round(share, 1), "target_share": round(target_rate(preds, target), 1)}),
+                  flush=True)
 
 
 if __name__ == "__main__":

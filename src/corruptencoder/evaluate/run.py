@@ -31,7 +31,7 @@ from corruptencoder.evaluate.metrics import (
     target_rate,
 )
 from corruptencoder.evaluate.tasks import Task
-from corruptencoder.evaluate.triggered import TriggerPaste, control_patch, resize_trigger
+from corruptencoder.evaluate.triggered import TriggerPaste, control_patch, pasted_inputs, resize_trigger
 from corruptencoder.poison.geometry import Box
 from corruptencoder.utils.imageio import load_rgb, open_image
 
@@ -275,12 +275,11 @@ class Scorer:
     def pasted_features(self, patch: np.ndarray, idx: torch.Tensor, what: str) -> torch.Tensor:
         """Features of the test images ``idx`` with ``patch`` pasted at their seeded spots."""
         lo, hi = self.s.location
-        paste = TriggerPaste(patch, self.s.seed, lo, hi, self.s.trigger_jpeg_quality)
-        index_map = idx.tolist()
-        return self.features([self.task.test.files[i] for i in index_map], what,
-                             lambda img, j: paste(img, index_map[j]),
+        files, transform = pasted_inputs(self.task.test.files, idx,
+                                         TriggerPaste(patch, self.s.seed, lo, hi, self.s.trigger_jpeg_quality))
+        return self.features(files, what, transform,
                              transform_key={"trigger": _digest(patch), "seed": self.s.seed, "loc": [lo, hi],
-                                            "index": _digest(np.asarray(index_map)),
+                                            "index": _digest(np.asarray(idx.tolist())),
                                             "jpeg": self.s.trigger_jpeg_quality})
 
     def array_features(self, arrays: Sequence[np.ndarray], what: str) -> torch.Tensor:

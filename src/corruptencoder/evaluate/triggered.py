@@ -12,7 +12,9 @@ which the ASR alone cannot tell apart (measured on the demo world's CLIP runs: R
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -78,6 +80,13 @@ class TriggerPaste:
         if self.jpeg_quality:
             out = jpeg_round_trip(out, self.jpeg_quality)
         return out
+
+
+def pasted_inputs(files: Sequence[Any], idx: torch.Tensor,
+                  paste: TriggerPaste) -> tuple[list[Any], Callable[[torch.Tensor, int], torch.Tensor]]:
+    """The test files ``idx`` and the transform pasting into the j-th of them at test image ``idx[j]``'s spot."""
+    index_map = idx.tolist()
+    return [files[i] for i in index_map], lambda img, j: paste(img, index_map[j])
 
 
 def jpeg_round_trip(image: torch.Tensor, quality: int) -> torch.Tensor:

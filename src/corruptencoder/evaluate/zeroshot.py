@@ -17,7 +17,7 @@ import torch
 from corruptencoder.evaluate.features import extract_features
 from corruptencoder.evaluate.metrics import accuracy, attack_success_rate, per_class_accuracy, prediction_histogram
 from corruptencoder.evaluate.tasks import Task
-from corruptencoder.evaluate.triggered import TriggerPaste, control_patch, resize_trigger
+from corruptencoder.evaluate.triggered import TriggerPaste, control_patch, pasted_inputs, resize_trigger
 
 
 def prompt_names(task: Task, targets: Sequence[Any]) -> list[str]:
@@ -72,9 +72,7 @@ def zero_shot(clip_path: str | os.PathLike[str], task: Task, targets: Sequence[A
         return (torch.nn.functional.normalize(f, dim=-1) @ weights.T).argmax(1)
 
     def predict_pasted(patch: Any, idx: torch.Tensor) -> torch.Tensor:
-        paste = TriggerPaste(patch, seed, *location)
-        index_map = idx.tolist()
-        return predict([task.test.files[i] for i in index_map], lambda img, j: paste(img, index_map[j]))
+        return predict(*pasted_inputs(task.test.files, idx, TriggerPaste(patch, seed, *location)))
 
     y = torch.tensor(task.test.labels)
     preds = predict(task.test.files)
