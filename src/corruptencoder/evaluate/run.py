@@ -472,7 +472,8 @@ def evaluate_encoder(encoder: str | os.PathLike[str], task: Task, *,
         from corruptencoder.evaluate.zeroshot import zero_shot as score_zero_shot
 
         kw: dict[str, Any] = {"prompts": prompts, "seed": settings.seed, "location": settings.location,
-                              "trigger_size": settings.trigger_size, "device": settings.resolved_device()}
+                              "trigger_size": settings.trigger_size, "device": settings.resolved_device(),
+                              "jpeg_quality": settings.trigger_jpeg_quality}
         result["zero_shot"] = {"encoder": score_zero_shot(zero_shot, t, found, **kw)}
         if clean_zero_shot:
             result["zero_shot"]["clean_encoder"] = score_zero_shot(clean_zero_shot, t, found, **kw)

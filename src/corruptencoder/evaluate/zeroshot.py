@@ -58,7 +58,9 @@ class _ImageTower(torch.nn.Module):
 
 def zero_shot(clip_path: str | os.PathLike[str], task: Task, targets: Sequence[Any], *, prompts: str = "imagenet80",
               seed: int = 0, location: tuple[float, float] = (0.25, 0.75), trigger_size: tuple[int, int] | None = None,
-              batch_size: int = 256, device: str = "cpu") -> dict[str, Any]:
+              batch_size: int = 256, device: str = "cpu", jpeg_quality: int | None = None) -> dict[str, Any]:
+    """Zero-shot accuracy and, per target, ASR and control ASR on the test images pasted exactly as the probe's
+    (same seeded spots; with ``jpeg_quality``, the same JPEG round trip of the triggered image)."""
     from corruptencoder.poison.prompts import load_templates
     from corruptencoder.ssl.clip_model import load_clip
 
@@ -72,7 +74,7 @@ def zero_shot(clip_path: str | os.PathLike[str], task: Task, targets: Sequence[A
         return (torch.nn.functional.normalize(f, dim=-1) @ weights.T).argmax(1)
 
     def predict_pasted(patch: Any, idx: torch.Tensor) -> torch.Tensor:
-        return predict(*pasted_inputs(task.test.files, idx, TriggerPaste(patch, seed, *location)))
+        return predict(*pasted_inputs(task.test.files, idx, TriggerPaste(patch, seed, *location, jpeg_quality)))
 
     y = torch.tensor(task.test.labels)
     preds = predict(task.test.files)

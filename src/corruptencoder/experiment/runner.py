@@ -361,6 +361,8 @@ class Runner:
                                    sorted(t.references), sorted(t.support), len(t.object_crops)) for t in targets],
                       "probe": [e.probe, e.probe_epochs], "loc": list(e.location), "ets": ets, "seed": seed,
                       "jpeg": e.trigger_jpeg_quality, "control": 1,  # metrics with a control-patch ASR
+                      # zero-shot through JPEG too (before, only the probe was): a new key only where that matters
+                      **({"zs_jpeg": 1} if e.zero_shot and e.trigger_jpeg_quality else {}),
                       **({"text": [t.text for t in targets]} if any(t.text for t in targets) else {}),
                       "v": __version__})
         return key, tcfg, targets, ets
@@ -390,7 +392,7 @@ class Runner:
             from corruptencoder.evaluate.zeroshot import zero_shot
 
             kw: dict[str, Any] = {"prompts": e.prompts, "seed": seed, "location": e.location, "trigger_size": ets,
-                  "device": settings.resolved_device()}
+                                  "device": settings.resolved_device(), "jpeg_quality": e.trigger_jpeg_quality}
             res["zero_shot"] = {"encoder": zero_shot(clip_enc, task, targets, **kw),
                                 "clean_encoder": zero_shot(clip_clean, task, targets, **kw)}
         write_json_atomic(path, res)
