@@ -312,11 +312,11 @@ SCALE_FINDINGS = (
     "SSL-Backdoor is reached on CPU with an 11 px trigger in 32 px images."
 )
 #: how much of the demo's figure is its base: the same recipe on three bases (README 'Where the backdoor forms')
-BASE_SPREAD = ("Its size depends on the trigger and on the clean base: backdoor-forms' 30-epoch refresh on three bases "
-               "scored 5.6, 16.9 and 30.2 % with an 8 px trigger, 28.7, 38.0 and 42.0 % with 10 px, 60.9, 62.6 and "
-               "65.4 % with 11 px, 44.0, 56.3 and 60.9 % with another 11 px pattern (SSL-Backdoor: 2.6-8.9, "
-               "8.4-12.0, 25.0-38.1, 13.2-13.9 %), and a base trained from the same seed on another CPU is another "
-               "base.")
+BASE_SPREAD = ("Its size depends on the clean base and the trigger: this demo on three bases (2026-12-07) scored "
+               "67.0, 51.9 and 38.7 % with its purple patch (control 1.4-4.8 %, SSL-Backdoor 11.1-30.0 %) and "
+               "31.8, 19.4 and 22.6 % with a random-pixel patch that every random patch opened as well; "
+               "backdoor-forms' 30-epoch refresh scored 5.6-30.2 % with an 8 px random trigger and 44.0-65.4 % with "
+               "11 px, and a base trained from the same seed on another CPU is another base.")
 
 
 def demo_verdict(result: dict[str, Any]) -> str:
