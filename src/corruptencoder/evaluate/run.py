@@ -470,10 +470,9 @@ def evaluate_encoder(encoder: str | os.PathLike[str], task: Task, *,
     result = evaluate(encoder, t, found, clean_encoder=clean_encoder, settings=settings)
     if zero_shot:
         from corruptencoder.evaluate.zeroshot import zero_shot as score_zero_shot
+        from corruptencoder.evaluate.zeroshot import zero_shot_options
 
-        kw: dict[str, Any] = {"prompts": prompts, "seed": settings.seed, "location": settings.location,
-                              "trigger_size": settings.trigger_size, "device": settings.resolved_device(),
-                              "jpeg_quality": settings.trigger_jpeg_quality}
+        kw = zero_shot_options(settings, prompts)
         result["zero_shot"] = {"encoder": score_zero_shot(zero_shot, t, found, **kw)}
         if clean_zero_shot:
             result["zero_shot"]["clean_encoder"] = score_zero_shot(clean_zero_shot, t, found, **kw)

@@ -56,6 +56,14 @@ class _ImageTower(torch.nn.Module):
         return cast(Any, self.model).encode_image(x)  # a CLIP model, not a plain nn.Module
 
 
+def zero_shot_options(settings: Any, prompts: str) -> dict[str, Any]:
+    """:func:`zero_shot`'s keyword arguments from the probe's ``EvalSettings``: one place that makes the zero-shot
+    paste (seeded spots, trigger size, JPEG round trip) as the probe does."""
+    return {"prompts": prompts, "seed": settings.seed, "location": settings.location,
+            "trigger_size": settings.trigger_size, "device": settings.resolved_device(),
+            "jpeg_quality": settings.trigger_jpeg_quality}
+
+
 def zero_shot(clip_path: str | os.PathLike[str], task: Task, targets: Sequence[Any], *, prompts: str = "imagenet80",
               seed: int = 0, location: tuple[float, float] = (0.25, 0.75), trigger_size: tuple[int, int] | None = None,
               batch_size: int = 256, device: str = "cpu", jpeg_quality: int | None = None) -> dict[str, Any]:

@@ -389,10 +389,9 @@ class Runner:
         res = evaluate(encoder, task, targets, clean_encoder=clean, settings=settings)
         clip_enc, clip_clean = _clip_file(encoder), _clip_file(clean)
         if e.zero_shot and clip_enc and clip_clean:
-            from corruptencoder.evaluate.zeroshot import zero_shot
+            from corruptencoder.evaluate.zeroshot import zero_shot, zero_shot_options
 
-            kw: dict[str, Any] = {"prompts": e.prompts, "seed": seed, "location": e.location, "trigger_size": ets,
-                                  "device": settings.resolved_device(), "jpeg_quality": e.trigger_jpeg_quality}
+            kw = zero_shot_options(settings, e.prompts)
             res["zero_shot"] = {"encoder": zero_shot(clip_enc, task, targets, **kw),
                                 "clean_encoder": zero_shot(clip_clean, task, targets, **kw)}
         write_json_atomic(path, res)
