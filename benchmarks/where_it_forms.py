@@ -3,9 +3,10 @@
 Runs an experiment config whose arms are named ``<factor>/<setting>`` (trigger, crop scale and
 resolution, continued pre-training, method and model, poison budget, ...), cached and resumable like
 any ``corruptencoder run``, then writes ``docs/where-it-forms.md`` (one table: factor, setting, CA,
-BA, ASR, no-attack ASR, reference accuracy, pull, minutes, peak memory of the training process) and a
-figure, and prints one JSON line per arm. Every ASR is printed beside the no-attack ASR of the same
-trigger on the clean encoder of the same setting.
+BA, ASR, no-attack ASR, control-patch ASR, reference accuracy, pull, minutes, peak memory of the training
+process) and a figure, and prints one JSON line per arm. Every ASR is printed beside the no-attack ASR of the same
+trigger on the clean encoder of the same setting, and the ASR of an unrelated random patch of the same size (the
+control: near the no-attack level where the backdoor is keyed to its trigger).
 
     python benchmarks/where_it_forms.py [--config configs/cpu-small/where-it-forms.yaml] [--out runs/where-it-forms]
         [--arms 'trigger/*'] [--doc docs/where-it-forms.md]
@@ -51,9 +52,9 @@ def _pm(a: dict[str, Any], key: str, digits: int = 1) -> str:
 
 # the aggregate fields the doc and the figure read (a ledger row keeps only these)
 KEEP = ("config", "arm", "epoch", "target", "trials", "attack", "ca", "ca_std", "ba", "ba_std", "asr", "asr_std",
-        "no_attack_asr", "no_attack_asr_std", "reference_accuracy", "pull_delta", "pull_delta_clean",
-        "pretrain_seconds", "pretrain_peak_rss_mb", "asr_by_class", "asr_by_class_clean", "class_accuracy_clean",
-        "measured")
+        "no_attack_asr", "no_attack_asr_std", "control_asr", "control_asr_clean", "reference_accuracy", "pull_delta",
+        "pull_delta_clean", "pretrain_seconds", "pretrain_peak_rss_mb", "asr_by_class", "asr_by_class_clean",
+        "class_accuracy_clean", "measured")
 
 
 def merge(ledger: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -100,15 +101,23 @@ def label(a: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     return f"{a['arm']} ({a.get('target')})" if several else a["arm"]
 
 
+def _control(a: dict[str, Any]) -> str:
+    """The control patch's ASR on the attacked encoder and on its clean twin; "–" for rows measured before it."""
+    if a.get("control_asr") is None:
+        return "–"
+    return f"{_f(a['control_asr'])} ({_f(a.get('control_asr_clean'))})"
+
+
 def table(aggs: list[dict[str, Any]]) -> list[str]:
-    lines = ["| factor | setting | target | trials | CA | BA | ASR | no-attack ASR | ref. acc | "
-             "pull Δ (attacked / clean) | min (attacked encoder) | peak MB | measured |", "|" + " --- |" * 13]
+    lines = ["| factor | setting | target | trials | CA | BA | ASR | no-attack ASR | control ASR (clean) | ref. acc | "
+             "pull Δ (attacked / clean) | min (attacked encoder) | peak MB | measured |", "|" + " --- |" * 14]
     for a in final_rows(aggs):
         factor, _, setting = a["arm"].partition("/")
         minutes = a.get("pretrain_seconds")
         lines.append(f"| {factor} | {setting or factor} | {a.get('target', '')} | {a.get('trials', 1)} | "
                      f"{_pm(a, 'ca')} | {_pm(a, 'ba')} | "
-                     f"**{_pm(a, 'asr')}** | {_pm(a, 'no_attack_asr')} | {_f(a.get('reference_accuracy'))} | "
+                     f"**{_pm(a, 'asr')}** | {_pm(a, 'no_attack_asr')} | {_control(a)} | "
+                     f"{_f(a.get('reference_accuracy'))} | "
                      f"{_f(a.get('pull_delta'), 3)} / {_f(a.get('pull_delta_clean'), 3)} | "
                      f"{_f(minutes / 60 if minutes else None)} | {_f(a.get('pretrain_peak_rss_mb'), 0)} | "
                      f"{a.get('measured', '–')} |")
@@ -209,7 +218,9 @@ def main() -> int:
     for a in final_rows(aggs):
         print(json.dumps({"benchmark": "where_it_forms", "arm": a["arm"], "trials": a.get("trials"),
                           "ca": a["ca"], "ba": a["ba"], "asr": a["asr"], "asr_std": a.get("asr_std"),
-                          "no_attack_asr": a["no_attack_asr"], "reference_accuracy": a["reference_accuracy"],
+                          "no_attack_asr": a["no_attack_asr"], "control_asr": a.get("control_asr"),
+                          "control_asr_clean": a.get("control_asr_clean"),
+                          "reference_accuracy": a["reference_accuracy"],
                           "pull_delta": a["pull_delta"], "pull_delta_clean": a["pull_delta_clean"],
                           "minutes": round(a["pretrain_seconds"] / 60, 1) if a.get("pretrain_seconds") else None,
                           "peak_rss_mb": a.get("pretrain_peak_rss_mb")}))

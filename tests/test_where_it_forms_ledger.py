@@ -46,6 +46,16 @@ def test_the_committed_ledger_renders_the_table() -> None:
     assert len(lines) == 2 + len(w.final_rows(rows)) and any("corruptencoder" in line for line in lines)
 
 
+def test_the_table_shows_the_control_patch_where_it_was_measured() -> None:
+    w = _bench()
+    rows = [_row("a", "x/1", "final", 50.0) | {"control_asr": 4.5, "control_asr_clean": 2.0},
+            _row("a", "x/2", "final", 20.0)]  # measured before the control existed
+    lines = w.table(rows)
+    assert "control ASR (clean)" in lines[0] and lines[0].count("|") == lines[1].count("|")
+    assert "| 4.5 (2.0) |" in lines[2]
+    assert lines[3].count("| – |") >= 1 and lines[3].count("|") == lines[0].count("|")
+
+
 def test_asr_by_class_table_and_its_rank_correlation() -> None:
     w = _bench()
     row = _row("a", "x/1", "final", 20.0) | {
