@@ -132,7 +132,9 @@ def test_demo_verdict_reads_the_run_and_names_the_base_spread() -> None:
     for text in (formed, weak):  # a user's base is another base: the spread over bases is stated either way
         assert "three bases" in text and "67.0, 51.9 and 38.7 % with its purple patch" in text
         assert "every random patch opened as well" in text and "44.0-65.4 % with 11 px" in text
-    assert "4.0x" in weak and "not reached" not in weak  # where it forms, the goal's figures, not a stale "no"
+        assert "82.2-85.9 % with the purple patch" in text
+    # where it forms: the keyed trigger's figures and the random ones' control, not a stale "no"
+    assert "83.8 +- 1.5 %" in weak and "2.1x" in weak and "control 46.9 %" in weak and "not reached" not in weak
 
 
 def test_rows_and_aggregates_say_where_the_encoder_was_trained() -> None:

@@ -304,19 +304,20 @@ def read_results(path: Path) -> dict[str, Any]:
 #: Where the backdoor was measured to form, for the demo's closing message (benchmarks/scale_sweep.py).
 SCALE_FINDINGS = (
     "Where it does form (measured on 2 CPU cores, README 'Where the backdoor forms'): "
-    "`python benchmarks/where_it_forms.py --config configs/cpu-small/backdoor-forms.yaml` refreshes a clean "
-    "cpu-small MoCo-v2 encoder (15 min, trained once per seed) for 30 epochs (4-5.5 min) on 500 poisons of target "
-    "'boat' and scores the poisons' own trigger: with an 11 px trigger 63.0 +- 1.9 % over three bases (no-attack "
-    "9.6 %, SSL-Backdoor 30.4 %, 2.1x), with another 11 px random pattern (arms trigger-11px-draw2/*) 53.7 +- 7.1 % "
-    "(no-attack 4.1 %, SSL-Backdoor 13.5 %, 4.0x); with 8 px 17.6 +- 10.1 %. The paper's >= 50 % at >= 3x "
-    "SSL-Backdoor is reached on CPU with an 11 px trigger in 32 px images."
+    "`python benchmarks/where_it_forms.py --config configs/cpu-small/backdoor-forms.yaml --arms 'trigger-11px-*'` "
+    "refreshes a clean cpu-small MoCo-v2 encoder (15 min, trained once per seed) for 30 epochs (4-6 min) on 500 "
+    "poisons of target 'boat' and scores the poisons' own trigger: with an 11 px purple patch 83.8 +- 1.5 % over "
+    "three bases (no-attack 7.6 %, an unrelated noise patch 5.4 %, SSL-Backdoor 39.7 %, 2.1x); with 11 px random "
+    "patterns 53.7-63.0 %, as a backdoor to any noise patch of that size (control 46.9 %); with 8 px 17.6 +- 10.1 %. "
+    "The paper's >= 50 % is reached on CPU with an 11 px trigger in 32 px images, its 3x SSL-Backdoor is not."
 )
 #: how much of the demo's figure is its base: the same recipe on three bases (README 'Where the backdoor forms')
 BASE_SPREAD = ("Its size depends on the clean base and the trigger: this demo on three bases (2026-12-07) scored "
                "67.0, 51.9 and 38.7 % with its purple patch (control 1.4-4.8 %, SSL-Backdoor 11.1-30.0 %) and "
                "31.8, 19.4 and 22.6 % with a random-pixel patch that every random patch opened as well; "
-               "backdoor-forms' 30-epoch refresh scored 5.6-30.2 % with an 8 px random trigger and 44.0-65.4 % with "
-               "11 px, and a base trained from the same seed on another CPU is another base.")
+               "backdoor-forms' 30-epoch refresh scored 82.2-85.9 % with the purple patch, 5.6-30.2 % with an 8 px "
+               "random trigger and 44.0-65.4 % with 11 px ones, and a base trained from the same seed on another CPU "
+               "is another base.")
 
 
 def demo_verdict(result: dict[str, Any]) -> str:
