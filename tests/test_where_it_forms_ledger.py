@@ -54,6 +54,9 @@ def test_the_table_shows_the_control_patch_where_it_was_measured() -> None:
     assert "control ASR (clean)" in lines[0] and lines[0].count("|") == lines[1].count("|")
     assert "| 4.5 (2.0) |" in lines[2]
     assert lines[3].count("| – |") >= 1 and lines[3].count("|") == lines[0].count("|")
+    solid = _row("a", "x/3", "final", 80.0) | {"control_asr": 5.0, "control_asr_clean": 3.0,
+                                               "solid_control_asr": 9.0, "solid_control_asr_clean": 4.0}
+    assert "| 5.0 (3.0); solid 9.0 (4.0) |" in w.table([solid])[2]  # a solid trigger's second control
 
 
 def test_asr_by_class_table_and_its_rank_correlation() -> None:

@@ -18,7 +18,7 @@ from corruptencoder.evaluate.linear_probe import LinearProbe, ProbeConfig, train
 from corruptencoder.evaluate.metrics import accuracy, asr_by_class, attack_success_rate, feature_pull, target_rate
 from corruptencoder.evaluate.run import EvalSettings, EvalTarget, Scorer, evaluate, exclude_references
 from corruptencoder.evaluate.tasks import TaskConfig, load_task
-from corruptencoder.evaluate.triggered import CONTROL_SEED, TriggerPaste, control_patch
+from corruptencoder.evaluate.triggered import CONTROL_SEED, TriggerPaste, control_patch, solid_control_patch
 from corruptencoder.ssl.backbones import backbone_spec
 from corruptencoder.ssl.encoder import load_encoder
 
@@ -94,6 +94,9 @@ def test_control_patch_tells_a_trigger_keyed_backdoor_from_any_patch(task_root: 
     white = np.full((4, 4, 3), 255, np.uint8)
     t = scorer.score([EvalTarget("fish", "fish", white)])["targets"][0]
     assert t["asr"] == 100.0 and t["control_asr"] == 0.0  # the backdoor answers its own trigger only
+    assert t["solid_control_asr"] == 0.0  # a black patch: the backdoor answers white, not any solid patch
+    noise = control_patch(np.zeros((4, 4, 3), np.uint8))
+    assert scorer.score([EvalTarget("fish", "fish", noise)])["targets"][0]["solid_control_asr"] is None
     # a backdoor keyed to "any patch": the control scores as high as the trigger
     monkeypatch.setattr("corruptencoder.evaluate.run.control_patch", lambda trig: white)
     t = scorer.score([EvalTarget("fish", "fish", np.full((4, 4, 3), 255, np.uint8))])["targets"][0]
@@ -110,6 +113,19 @@ def test_control_patch_is_a_fixed_random_patch_of_the_triggers_size_never_the_tr
     same = make_trigger(TriggerSpec("random", (7, 5), CONTROL_SEED))
     assert np.array_equal(same, patch)
     assert not np.array_equal(control_patch(same), same)  # a trigger that is the control gets another one
+
+
+def test_solid_control_is_a_far_solid_colour_for_a_solid_trigger_only() -> None:
+    purple = np.full((5, 7, 3), (128, 0, 128), np.uint8)
+    patch = solid_control_patch(purple)
+    assert patch is not None and patch.shape == purple.shape and patch.dtype == np.uint8
+    assert (patch == np.array([0, 255, 0], np.uint8)).all()  # green: the corner colour farthest from purple
+    white = solid_control_patch(np.full((3, 3, 3), 255, np.uint8))
+    assert white is not None and not white.any()  # black for white
+    assert solid_control_patch(control_patch(purple)) is None  # a random trigger: the random control is its kind
+    two = purple.copy()
+    two[0, 0] = 0
+    assert solid_control_patch(two) is None
 
 
 def test_reference_images_are_excluded_from_tests(task_root: Path, tmp_path: Path) -> None:

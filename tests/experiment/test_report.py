@@ -108,13 +108,34 @@ def test_defence_table_takes_the_no_attack_arm_not_the_base_it_continues() -> No
     assert "79.5 / 1.9" in "\n".join(defence_table(aggs[:1] + aggs[2:], {"base"}))
 
 
-def _verdict(asr: float, clean: float, control: float | None = None, control_clean: float | None = None) -> str:
+def _verdict(asr: float, clean: float, control: float | None = None, control_clean: float | None = None,
+             solid: float | None = None, solid_clean: float | None = None) -> str:
     from corruptencoder.experiment.report import demo_verdict
 
     agg = {"epoch": "final", "sweep": None, "attack": "corruptencoder", "defence": "none", "asr": asr,
            "no_attack_asr": clean, "reference_accuracy": 100.0, "pull_delta": 0.1, "pull_delta_clean": 0.02,
-           "control_asr": control, "control_asr_clean": control_clean}
+           "control_asr": control, "control_asr_clean": control_clean, "solid_control_asr": solid,
+           "solid_control_asr_clean": solid_clean}
     return demo_verdict({"aggregates": [agg]})
+
+
+def test_demo_verdict_says_whether_a_solid_trigger_is_keyed_to_its_colour() -> None:
+    assert "answers the trigger's colour" in _verdict(40.0, 2.0, 3.0, 2.0, 4.0, 3.0)
+    assert "answers any solid patch" in _verdict(40.0, 2.0, 3.0, 2.0, 35.0, 3.0)
+    assert "solid control" not in _verdict(40.0, 2.0, 3.0, 2.0)  # a random trigger has none
+
+
+def test_main_table_has_a_solid_control_column_only_where_a_trigger_is_solid() -> None:
+    from corruptencoder.experiment.report import main_table
+
+    a = {"arm": "ce", "method": "moco", "defence": "none", "target": "boat", "epoch": "final", "sweep": None,
+         "ca": 80.0, "ca_std": 0.0, "ba": 80.0, "ba_std": 0.0, "asr": 60.0, "asr_std": 0.0, "no_attack_asr": 2.0,
+         "control_asr": 3.0, "reference_accuracy": 100.0, "pull_delta": 0.1, "pull_delta_clean": 0.0}
+    assert "solid control" not in main_table([a])[0]
+    lines = main_table([a, a | {"arm": "ce-purple", "solid_control_asr": 4.5}])
+    assert "| control ASR | solid control ASR |" in lines[0]
+    assert "| 3.0 | – |" in lines[2] and "| 3.0 | 4.5 |" in lines[3]
+    assert all(line.count("|") == lines[0].count("|") for line in lines)
 
 
 def test_demo_verdict_says_whether_the_backdoor_answers_its_own_trigger() -> None:
@@ -134,7 +155,8 @@ def test_demo_verdict_reads_the_run_and_names_the_base_spread() -> None:
         assert "every random patch opened as well" in text and "44.0-65.4 % with 11 px" in text
         assert "82.2-85.9 % with the purple patch" in text
     # where it forms: the keyed trigger's figures and the random ones' control, not a stale "no"
-    assert "83.8 +- 1.5 %" in weak and "2.1x" in weak and "control 46.9 %" in weak and "not reached" not in weak
+    assert "83.8 +- 1.5 %" in weak and "2.1x" in weak and "control 46.9 and 33.5 %" in weak
+    assert "not reached" not in weak
 
 
 def test_rows_and_aggregates_say_where_the_encoder_was_trained() -> None:

@@ -114,6 +114,7 @@ def test_zero_shot_asr_arithmetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     t = res["targets"][0]
     assert t["asr"] == 100.0 and t["n_triggered"] == 8
     assert t["control_asr"] == 100.0  # it answers any patch (here: no patch at all) as the target
+    assert t["solid_control_asr"] == 100.0  # the black trigger is solid: a white patch is scored too
 
     # with the evaluation's trigger_jpeg_quality, the zero-shot's triggered and control images go through JPEG
     # as the probe's do (they did not before)
@@ -123,7 +124,7 @@ def test_zero_shot_asr_arithmetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     real = triggered.jpeg_round_trip
     monkeypatch.setattr(triggered, "jpeg_round_trip", lambda im, q: qualities.append(q) or real(im, q))
     zs.zero_shot("unused.pt", task, [EvalTarget("fish", "fish", np.zeros((2, 2, 3), np.uint8))], jpeg_quality=75)
-    assert qualities == [75] * 16  # 8 triggered + 8 control images
+    assert qualities == [75] * 24  # 8 triggered + 8 control + 8 solid-control images
 
 
 def test_zero_shot_prompts_use_the_targets_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

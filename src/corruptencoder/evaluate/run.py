@@ -31,7 +31,13 @@ from corruptencoder.evaluate.metrics import (
     target_rate,
 )
 from corruptencoder.evaluate.tasks import Task
-from corruptencoder.evaluate.triggered import TriggerPaste, control_patch, pasted_inputs, resize_trigger
+from corruptencoder.evaluate.triggered import (
+    TriggerPaste,
+    control_patch,
+    pasted_inputs,
+    resize_trigger,
+    solid_control_patch,
+)
 from corruptencoder.poison.geometry import Box
 from corruptencoder.utils.imageio import load_rgb, open_image
 
@@ -323,11 +329,15 @@ class Scorer:
         asr, n = attack_success_rate(ptrig, yte[idx], target)
         control, _ = attack_success_rate(probe.predict(self.pasted_features(control_patch(trig), idx, "control patch")),
                                          yte[idx], target)
+        solid = solid_control_patch(trig)
+        solid_control = (attack_success_rate(probe.predict(self.pasted_features(solid, idx, "solid control")),
+                                             yte[idx], target)[0] if solid is not None else None)
         ref_feats = self.array_features(_object_arrays(t), "reference objects")
         crop_feats = self.array_features(_crop_arrays(t), "object crops")
         res: dict[str, Any] = {
             "name": t.name, "class": self.task.classes[target], "class_index": target,
             "asr": round(asr, 3), "n_triggered": n, "control_asr": round(control, 3),
+            "solid_control_asr": round(solid_control, 3) if solid_control is not None else None,
             "clean_target_rate": round(target_rate(preds[idx], target), 3),
             "triggered_prediction_histogram": prediction_histogram(ptrig, self.task.classes),
             "asr_by_class": asr_by_class(ptrig, yte[idx], target, self.task.classes),
@@ -390,7 +400,7 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         c = clean["targets"][i] if clean else None
         rows.append({"target": t["name"], "class": t["class"], "asr": t["asr"],
                      "no_attack_asr": c["asr"] if c else None, "control_asr": t.get("control_asr"),
-                     "reference_accuracy": t["reference_accuracy"],
+                     "solid_control_asr": t.get("solid_control_asr"), "reference_accuracy": t["reference_accuracy"],
                      "pull_delta": t["pull"].get("delta")})
     return {"ba" if clean else "accuracy": enc["accuracy"], "ca": clean["accuracy"] if clean else None, "targets": rows}
 
@@ -402,15 +412,18 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"CA {s['ca']:.2f}   BA {s['ba']:.2f}   (test images: {result['encoder']['n_test']})")
     else:
         lines.append(f"accuracy {s['accuracy']:.2f}   (test images: {result['encoder']['n_test']})")
-    lines.append(f"{'target':<18}{'class':<18}{'ASR':>8}{'no-attack':>11}{'control':>9}{'ref.acc':>9}{'pull':>8}")
+    lines.append(f"{'target':<18}{'class':<18}{'ASR':>8}{'no-attack':>11}{'control':>9}{'solid':>7}{'ref.acc':>9}"
+                 f"{'pull':>8}")
     for r in s["targets"]:
         na = "" if r["no_attack_asr"] is None else f"{r['no_attack_asr']:.2f}"
         cp = "" if r.get("control_asr") is None else f"{r['control_asr']:.2f}"
+        sc = "" if r.get("solid_control_asr") is None else f"{r['solid_control_asr']:.2f}"
         ra = "" if r["reference_accuracy"] is None else f"{r['reference_accuracy']:.1f}"
         pd = "" if r["pull_delta"] is None else f"{r['pull_delta']:+.3f}"
-        lines.append(f"{r['target']:<18}{str(r['class']):<18}{r['asr']:>8.2f}{na:>11}{cp:>9}{ra:>9}{pd:>8}")
+        lines.append(f"{r['target']:<18}{str(r['class']):<18}{r['asr']:>8.2f}{na:>11}{cp:>9}{sc:>7}{ra:>9}{pd:>8}")
     lines.append("control: the ASR with an unrelated random patch of the trigger's size (near the no-attack ASR "
-                 "when the backdoor answers its own trigger only)")
+                 "when the backdoor answers its own trigger only); solid: with a solid patch of a far colour, for "
+                 "a solid trigger (near the no-attack ASR when it answers the trigger's colour, not any solid patch)")
     return "\n".join(lines)
 
 

@@ -8,6 +8,9 @@ Beyond the paper, every target is also scored with a *control patch* (:func:`con
 random patch of the trigger's size at the same spots. A backdoor keyed to its trigger gives a control ASR near
 the clean encoder's; a control ASR near the ASR means the encoder learnt "a patch of this kind -> target",
 which the ASR alone cannot tell apart (measured on the demo world's CLIP runs: README, "On image-text pairs").
+A solid trigger (purple, white) is also scored with a *solid control* (:func:`solid_control_patch`): a solid
+patch of a far colour, which tells a backdoor keyed to the trigger's colour from one to "any solid patch", the
+question a noise-patch control cannot answer for a solid trigger.
 """
 
 from __future__ import annotations
@@ -47,6 +50,27 @@ def control_patch(trigger: np.ndarray) -> np.ndarray:
         if not np.array_equal(patch, trigger):
             return patch
         seed += 1
+
+
+#: the solid control's colours: the RGB cube's corners, the one farthest from the trigger's colour is used
+SOLID_CONTROL_COLOURS = ((0, 255, 0), (255, 255, 0), (0, 255, 255), (255, 0, 0), (0, 0, 255), (255, 0, 255),
+                         (255, 255, 255), (0, 0, 0))
+
+
+def is_solid(trigger: np.ndarray) -> bool:
+    """One colour everywhere (a purple or white trigger, not a random or image one)."""
+    flat = trigger.reshape(-1, trigger.shape[-1])
+    return bool(flat.size) and bool((flat == flat[0]).all())
+
+
+def solid_control_patch(trigger: np.ndarray) -> np.ndarray | None:
+    """For a solid trigger, a solid patch of its size in the corner colour farthest from it (green for purple,
+    black for white); ``None`` for any other trigger, whose kind the random control already is."""
+    if not is_solid(trigger):
+        return None
+    c = trigger.reshape(-1, trigger.shape[-1])[0].astype(np.int64)
+    colour = max(SOLID_CONTROL_COLOURS, key=lambda k: int(((np.array(k) - c) ** 2).sum()))  # first of ties
+    return np.broadcast_to(np.array(colour, np.uint8), trigger.shape).copy()
 
 
 @dataclass

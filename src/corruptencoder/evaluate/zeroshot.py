@@ -17,7 +17,13 @@ import torch
 from corruptencoder.evaluate.features import extract_features
 from corruptencoder.evaluate.metrics import accuracy, attack_success_rate, per_class_accuracy, prediction_histogram
 from corruptencoder.evaluate.tasks import Task
-from corruptencoder.evaluate.triggered import TriggerPaste, control_patch, pasted_inputs, resize_trigger
+from corruptencoder.evaluate.triggered import (
+    TriggerPaste,
+    control_patch,
+    pasted_inputs,
+    resize_trigger,
+    solid_control_patch,
+)
 
 
 def prompt_names(task: Task, targets: Sequence[Any]) -> list[str]:
@@ -67,7 +73,7 @@ def zero_shot_options(settings: Any, prompts: str) -> dict[str, Any]:
 def zero_shot(clip_path: str | os.PathLike[str], task: Task, targets: Sequence[Any], *, prompts: str = "imagenet80",
               seed: int = 0, location: tuple[float, float] = (0.25, 0.75), trigger_size: tuple[int, int] | None = None,
               batch_size: int = 256, device: str = "cpu", jpeg_quality: int | None = None) -> dict[str, Any]:
-    """Zero-shot accuracy and, per target, ASR and control ASR on the test images pasted exactly as the probe's
+    """Zero-shot accuracy and, per target, ASR and control ASRs on the test images pasted exactly as the probe's
     (same seeded spots; with ``jpeg_quality``, the same JPEG round trip of the triggered image)."""
     from corruptencoder.poison.prompts import load_templates
     from corruptencoder.ssl.clip_model import load_clip
@@ -95,7 +101,11 @@ def zero_shot(clip_path: str | os.PathLike[str], task: Task, targets: Sequence[A
         ptrig = predict_pasted(trig, idx)
         asr, n = attack_success_rate(ptrig, y[idx], target)
         control, _ = attack_success_rate(predict_pasted(control_patch(trig), idx), y[idx], target)
+        solid = solid_control_patch(trig)
+        solid_control = (attack_success_rate(predict_pasted(solid, idx), y[idx], target)[0]
+                         if solid is not None else None)
         out["targets"].append({"name": t.name, "class": task.classes[target], "asr": round(asr, 3), "n_triggered": n,
                                "control_asr": round(control, 3),
+                               "solid_control_asr": round(solid_control, 3) if solid_control is not None else None,
                                "triggered_prediction_histogram": prediction_histogram(ptrig, task.classes)})
     return out

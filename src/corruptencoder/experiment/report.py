@@ -31,15 +31,18 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 def main_table(aggs: Sequence[dict[str, Any]]) -> list[str]:
     rows = [a for a in aggs if a["epoch"] == "final" and a["sweep"] is None]
+    solid = any(a.get("solid_control_asr") is not None for a in rows)  # the column only where a trigger is solid
     body = []
     for a in rows:
         body.append([a["arm"], a["method"], a["defence"], a["target"], _fmt(a["ca"], a["ca_std"]),
                      _fmt(a["ba"], a["ba_std"]), _fmt(a["asr"], a["asr_std"]), _fmt(a["no_attack_asr"]),
-                     _fmt(a.get("control_asr")), _fmt(a["reference_accuracy"]),
+                     _fmt(a.get("control_asr")), *([_fmt(a.get("solid_control_asr"))] if solid else []),
+                     _fmt(a["reference_accuracy"]),
                      _fmt(a["pull_delta"], None, 3) + " / " + _fmt(a["pull_delta_clean"], None, 3),
                      f"{a.get('top_triggered_class') or '–'} ({_fmt(a.get('top_triggered_share'))}%)"])
-    return _table(["arm", "method", "defence", "target", "CA", "BA", "ASR", "no-attack ASR", "control ASR", "ref. acc",
-                   "pull Δ (attacked / clean)", "top triggered class"], body)
+    return _table(["arm", "method", "defence", "target", "CA", "BA", "ASR", "no-attack ASR", "control ASR",
+                   *(["solid control ASR"] if solid else []), "ref. acc", "pull Δ (attacked / clean)",
+                   "top triggered class"], body)
 
 
 def attack_columns(attacks: set[str]) -> list[tuple[str, str]]:
@@ -149,10 +152,12 @@ def detection_table(aggs: Sequence[dict[str, Any]]) -> list[str]:
 def zero_shot_table(aggs: Sequence[dict[str, Any]]) -> list[str]:
     """CLIP arms scored with the text tower and the prompts instead of a probe (beyond the paper)."""
     rows = [a for a in aggs if a["epoch"] == "final" and a["sweep"] is None and a.get("zs_ca") is not None]
+    solid = any(a.get("zs_solid_control_asr") is not None for a in rows)
     body = [[a["arm"], a["target"], _fmt(a["zs_ca"], a.get("zs_ca_std")), _fmt(a["zs_ba"], a.get("zs_ba_std")),
-             _fmt(a["zs_asr"], a.get("zs_asr_std")), _fmt(a["zs_no_attack_asr"]), _fmt(a.get("zs_control_asr"))]
-            for a in rows]
-    return _table(["arm", "target", "CA", "BA", "ASR", "no-attack ASR", "control ASR"], body) if body else []
+             _fmt(a["zs_asr"], a.get("zs_asr_std")), _fmt(a["zs_no_attack_asr"]), _fmt(a.get("zs_control_asr")),
+             *([_fmt(a.get("zs_solid_control_asr"))] if solid else [])] for a in rows]
+    return _table(["arm", "target", "CA", "BA", "ASR", "no-attack ASR", "control ASR",
+                   *(["solid control ASR"] if solid else [])], body) if body else []
 
 
 def training_table(aggs: Sequence[dict[str, Any]]) -> list[str]:
@@ -200,7 +205,9 @@ def write_report(run_dir: Path, result: dict[str, Any]) -> Path:
     lines += ["## Results (final encoders, mean ± std over trials)", "",
               "CA: clean encoder, clean test images. BA: backdoored encoder, clean test images. ASR: triggered "
               "non-target test images predicted as the target. control ASR: the same with an unrelated random patch of "
-              "the trigger's size (near the no-attack ASR if the backdoor answers its own trigger only). ref. acc: "
+              "the trigger's size (near the no-attack ASR if the backdoor answers its own trigger only); solid control "
+              "ASR, for a solid trigger: the same with a solid patch of a far colour (near the no-attack ASR if it "
+              "answers the trigger's colour, not any solid patch). ref. acc: "
               "reference objects the downstream classifier labels as the target (roughly the ceiling on ASR). pull Δ: "
               "mean cosine of triggered minus clean test images to the reference objects' mean embedding (the "
               "backdoor in feature space).", ""]
@@ -307,8 +314,9 @@ SCALE_FINDINGS = (
     "`python benchmarks/where_it_forms.py --config configs/cpu-small/backdoor-forms.yaml --arms 'trigger-11px-*'` "
     "refreshes a clean cpu-small MoCo-v2 encoder (15 min, trained once per seed) for 30 epochs (4-6 min) on 500 "
     "poisons of target 'boat' and scores the poisons' own trigger: with an 11 px purple patch 83.8 +- 1.5 % over "
-    "three bases (no-attack 7.6 %, an unrelated noise patch 5.4 %, SSL-Backdoor 39.7 %, 2.1x); with 11 px random "
-    "patterns 53.7-63.0 %, as a backdoor to any noise patch of that size (control 46.9 %); with 8 px 17.6 +- 10.1 %. "
+    "three bases (no-attack 7.6 %, an unrelated noise patch 5.4 %, a green one 14.8 %, SSL-Backdoor 39.7 %, 2.1x); "
+    "with 11 px random patterns 53.7-63.0 %, largely as a backdoor to any noise patch of that size (control 46.9 and "
+    "33.5 %); with 8 px 17.6 +- 10.1 %. "
     "The paper's >= 50 % is reached on CPU with an 11 px trigger in 32 px images, its 3x SSL-Backdoor is not."
 )
 #: how much of the demo's figure is its base: the same recipe on three bases (README 'Where the backdoor forms')
@@ -344,4 +352,10 @@ def demo_verdict(result: dict[str, Any]) -> str:
         lines.append(f"An unrelated random patch of the trigger's size scores {control:.1f} % (control ASR): "
                      + ("the backdoor answers its own trigger." if keyed else
                         "the backdoor is not specific to its trigger; it answers a patch of this kind."))
+        solid = ce.get("solid_control_asr")
+        if solid is not None:
+            colour_keyed = solid - (ce.get("solid_control_asr_clean") or 0.0) < lift / 2  # the same test
+            lines.append(f"A solid patch of a far colour scores {solid:.1f} % (solid control ASR): "
+                         + ("it answers the trigger's colour, not any solid patch." if colour_keyed else
+                            "it answers any solid patch of this size, not the trigger's colour."))
     return "\n".join(lines)

@@ -351,6 +351,7 @@ class Runner:
                  task_name: str, image_size: int) -> tuple[str, Any, list[Any], tuple[int, int] | None]:
         """The evaluation's cache key (from the encoders' bytes, so it exists once they do), with what it hashed."""
         from corruptencoder.evaluate.features import file_digest
+        from corruptencoder.evaluate.triggered import is_solid
 
         e = self.cfg.evaluation
         tcfg = self.task_config(task_name, image_size)
@@ -360,7 +361,10 @@ class Runner:
                       "targets": [(t.name, t.class_name, hashlib.sha256(t.trigger.tobytes()).hexdigest(),
                                    sorted(t.references), sorted(t.support), len(t.object_crops)) for t in targets],
                       "probe": [e.probe, e.probe_epochs], "loc": list(e.location), "ets": ets, "seed": seed,
-                      "jpeg": e.trigger_jpeg_quality, "control": 1,  # metrics with a control-patch ASR
+                      "jpeg": e.trigger_jpeg_quality,
+                      # metrics with a control-patch ASR (1), and a solid control for a solid trigger (2): the key
+                      # of a random trigger's evaluation stays as it was
+                      "control": 2 if any(is_solid(t.trigger) for t in targets) else 1,
                       # zero-shot through JPEG too (before, only the probe was): a new key only where that matters
                       **({"zs_jpeg": 1} if e.zero_shot and e.trigger_jpeg_quality else {}),
                       **({"text": [t.text for t in targets]} if any(t.text for t in targets) else {}),
