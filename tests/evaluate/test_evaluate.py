@@ -98,7 +98,7 @@ def test_control_patch_tells_a_trigger_keyed_backdoor_from_any_patch(task_root: 
     noise = control_patch(np.zeros((4, 4, 3), np.uint8))
     assert scorer.score([EvalTarget("fish", "fish", noise)])["targets"][0]["solid_control_asr"] is None
     # a backdoor keyed to "any patch": the control scores as high as the trigger
-    monkeypatch.setattr("corruptencoder.evaluate.run.control_patch", lambda trig: white)
+    monkeypatch.setattr("corruptencoder.evaluate.triggered.control_patch", lambda trig: white)
     t = scorer.score([EvalTarget("fish", "fish", np.full((4, 4, 3), 255, np.uint8))])["targets"][0]
     assert t["control_asr"] == t["asr"] == 100.0
 

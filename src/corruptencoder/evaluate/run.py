@@ -31,13 +31,7 @@ from corruptencoder.evaluate.metrics import (
     target_rate,
 )
 from corruptencoder.evaluate.tasks import Task
-from corruptencoder.evaluate.triggered import (
-    TriggerPaste,
-    control_patch,
-    pasted_inputs,
-    resize_trigger,
-    solid_control_patch,
-)
+from corruptencoder.evaluate.triggered import TriggerPaste, control_scores, pasted_inputs, resize_trigger
 from corruptencoder.poison.geometry import Box
 from corruptencoder.utils.imageio import load_rgb, open_image
 
@@ -327,17 +321,13 @@ class Scorer:
         ftrig = self.pasted_features(trig, idx, f"triggered ({t.name})")
         ptrig = probe.predict(ftrig)
         asr, n = attack_success_rate(ptrig, yte[idx], target)
-        control, _ = attack_success_rate(probe.predict(self.pasted_features(control_patch(trig), idx, "control patch")),
-                                         yte[idx], target)
-        solid = solid_control_patch(trig)
-        solid_control = (attack_success_rate(probe.predict(self.pasted_features(solid, idx, "solid control")),
-                                             yte[idx], target)[0] if solid is not None else None)
+        controls = control_scores(trig, lambda patch, what: attack_success_rate(
+            probe.predict(self.pasted_features(patch, idx, what)), yte[idx], target)[0])
         ref_feats = self.array_features(_object_arrays(t), "reference objects")
         crop_feats = self.array_features(_crop_arrays(t), "object crops")
         res: dict[str, Any] = {
             "name": t.name, "class": self.task.classes[target], "class_index": target,
-            "asr": round(asr, 3), "n_triggered": n, "control_asr": round(control, 3),
-            "solid_control_asr": round(solid_control, 3) if solid_control is not None else None,
+            "asr": round(asr, 3), "n_triggered": n, **controls,
             "clean_target_rate": round(target_rate(preds[idx], target), 3),
             "triggered_prediction_histogram": prediction_histogram(ptrig, self.task.classes),
             "asr_by_class": asr_by_class(ptrig, yte[idx], target, self.task.classes),

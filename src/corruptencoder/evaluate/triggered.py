@@ -73,6 +73,14 @@ def solid_control_patch(trigger: np.ndarray) -> np.ndarray | None:
     return np.broadcast_to(np.array(colour, np.uint8), trigger.shape).copy()
 
 
+def control_scores(trigger: np.ndarray, asr: Callable[[np.ndarray, str], float]) -> dict[str, float | None]:
+    """The specificity controls' ASRs, ``asr(patch, progress label)``, by metric key; ``None`` where a control does
+    not apply to the trigger. One place for the probe and the zero-shot scorer."""
+    controls = (("control_asr", "control patch", control_patch(trigger)),
+                ("solid_control_asr", "solid control", solid_control_patch(trigger)))
+    return {key: None if patch is None else round(asr(patch, label), 3) for key, label, patch in controls}
+
+
 @dataclass
 class TriggerPaste:
     """Paste the trigger; with ``jpeg_quality`` the triggered image is then saved and read back as JPEG, as

@@ -17,13 +17,7 @@ import torch
 from corruptencoder.evaluate.features import extract_features
 from corruptencoder.evaluate.metrics import accuracy, attack_success_rate, per_class_accuracy, prediction_histogram
 from corruptencoder.evaluate.tasks import Task
-from corruptencoder.evaluate.triggered import (
-    TriggerPaste,
-    control_patch,
-    pasted_inputs,
-    resize_trigger,
-    solid_control_patch,
-)
+from corruptencoder.evaluate.triggered import TriggerPaste, control_scores, pasted_inputs, resize_trigger
 
 
 def prompt_names(task: Task, targets: Sequence[Any]) -> list[str]:
@@ -100,12 +94,11 @@ def zero_shot(clip_path: str | os.PathLike[str], task: Task, targets: Sequence[A
         trig = resize_trigger(t.trigger, trigger_size)
         ptrig = predict_pasted(trig, idx)
         asr, n = attack_success_rate(ptrig, y[idx], target)
-        control, _ = attack_success_rate(predict_pasted(control_patch(trig), idx), y[idx], target)
-        solid = solid_control_patch(trig)
-        solid_control = (attack_success_rate(predict_pasted(solid, idx), y[idx], target)[0]
-                         if solid is not None else None)
+
+        def pasted_asr(patch: Any, _: str, i: torch.Tensor = idx, k: int = target) -> float:
+            return attack_success_rate(predict_pasted(patch, i), y[i], k)[0]  # the defaults bind this target's
+
         out["targets"].append({"name": t.name, "class": task.classes[target], "asr": round(asr, 3), "n_triggered": n,
-                               "control_asr": round(control, 3),
-                               "solid_control_asr": round(solid_control, 3) if solid_control is not None else None,
+                               **control_scores(trig, pasted_asr),
                                "triggered_prediction_histogram": prediction_histogram(ptrig, task.classes)})
     return out
