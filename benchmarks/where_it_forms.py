@@ -30,8 +30,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from corruptencoder.evaluate.controls import CONTROLS
 from corruptencoder.experiment.config import load_experiment
 from corruptencoder.experiment.figures import pyplot, save
+from corruptencoder.experiment.results import CONTROL_METRICS
 from corruptencoder.experiment.runner import run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,8 +54,7 @@ def _pm(a: dict[str, Any], key: str, digits: int = 1) -> str:
 
 # the aggregate fields the doc and the figure read (a ledger row keeps only these)
 KEEP = ("config", "arm", "epoch", "target", "trials", "attack", "ca", "ca_std", "ba", "ba_std", "asr", "asr_std",
-        "no_attack_asr", "no_attack_asr_std", "control_asr", "control_asr_clean", "solid_control_asr",
-        "solid_control_asr_clean", "reference_accuracy", "pull_delta",
+        "no_attack_asr", "no_attack_asr_std", *CONTROL_METRICS, "reference_accuracy", "pull_delta",
         "pull_delta_clean", "pretrain_seconds", "pretrain_peak_rss_mb", "asr_by_class", "asr_by_class_clean",
         "class_accuracy_clean", "measured")
 
@@ -103,13 +104,14 @@ def label(a: dict[str, Any], rows: list[dict[str, Any]]) -> str:
 
 
 def _control(a: dict[str, Any]) -> str:
-    """The control patch's ASR on the attacked encoder and on its clean twin, and the solid control's where the
-    trigger is solid; "–" for rows measured before it."""
+    """The control patch's ASR on the attacked encoder and on its clean twin, then each other control the row has
+    (solid, rotated) by its word; "–" for rows measured before the controls."""
     if a.get("control_asr") is None:
         return "–"
     out = f"{_f(a['control_asr'])} ({_f(a.get('control_asr_clean'))})"
-    if a.get("solid_control_asr") is not None:
-        out += f"; solid {_f(a['solid_control_asr'])} ({_f(a.get('solid_control_asr_clean'))})"
+    for c in CONTROLS[1:]:
+        if a.get(c.key) is not None:
+            out += f"; {c.short} {_f(a[c.key])} ({_f(a.get(c.key + '_clean'))})"
     return out
 
 
@@ -223,10 +225,7 @@ def main() -> int:
     for a in final_rows(aggs):
         print(json.dumps({"benchmark": "where_it_forms", "arm": a["arm"], "trials": a.get("trials"),
                           "ca": a["ca"], "ba": a["ba"], "asr": a["asr"], "asr_std": a.get("asr_std"),
-                          "no_attack_asr": a["no_attack_asr"], "control_asr": a.get("control_asr"),
-                          "control_asr_clean": a.get("control_asr_clean"),
-                          "solid_control_asr": a.get("solid_control_asr"),
-                          "solid_control_asr_clean": a.get("solid_control_asr_clean"),
+                          "no_attack_asr": a["no_attack_asr"], **{k: a.get(k) for k in CONTROL_METRICS},
                           "reference_accuracy": a["reference_accuracy"],
                           "pull_delta": a["pull_delta"], "pull_delta_clean": a["pull_delta_clean"],
                           "minutes": round(a["pretrain_seconds"] / 60, 1) if a.get("pretrain_seconds") else None,

@@ -57,6 +57,10 @@ def test_the_table_shows_the_control_patch_where_it_was_measured() -> None:
     solid = _row("a", "x/3", "final", 80.0) | {"control_asr": 5.0, "control_asr_clean": 3.0,
                                                "solid_control_asr": 9.0, "solid_control_asr_clean": 4.0}
     assert "| 5.0 (3.0); solid 9.0 (4.0) |" in w.table([solid])[2]  # a solid trigger's second control
+    rotated = _row("a", "x/4", "final", 60.0) | {"control_asr": 5.0, "control_asr_clean": 3.0,
+                                                 "rotated_control_asr": 20.0, "rotated_control_asr_clean": 2.5}
+    assert "| 5.0 (3.0); rotated 20.0 (2.5) |" in w.table([rotated])[2]  # a patterned trigger's second control
+    assert "rotated_control_asr_clean" in w.KEEP  # the ledger keeps it
 
 
 def test_asr_by_class_table_and_its_rank_correlation() -> None:

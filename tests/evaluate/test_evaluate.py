@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +15,12 @@ from PIL import Image
 from conftest import class_folder, random_encoder
 from corruptencoder.cli import main
 from corruptencoder.errors import UserError
+from corruptencoder.evaluate.controls import CONTROL_SEED, control_patch, rotated_control_patch, solid_control_patch
 from corruptencoder.evaluate.linear_probe import LinearProbe, ProbeConfig, train_linear_probe
 from corruptencoder.evaluate.metrics import accuracy, asr_by_class, attack_success_rate, feature_pull, target_rate
 from corruptencoder.evaluate.run import EvalSettings, EvalTarget, Scorer, evaluate, exclude_references
 from corruptencoder.evaluate.tasks import TaskConfig, load_task
-from corruptencoder.evaluate.triggered import CONTROL_SEED, TriggerPaste, control_patch, solid_control_patch
+from corruptencoder.evaluate.triggered import TriggerPaste
 from corruptencoder.ssl.backbones import backbone_spec
 from corruptencoder.ssl.encoder import load_encoder
 
@@ -98,9 +100,42 @@ def test_control_patch_tells_a_trigger_keyed_backdoor_from_any_patch(task_root: 
     noise = control_patch(np.zeros((4, 4, 3), np.uint8))
     assert scorer.score([EvalTarget("fish", "fish", noise)])["targets"][0]["solid_control_asr"] is None
     # a backdoor keyed to "any patch": the control scores as high as the trigger
-    monkeypatch.setattr("corruptencoder.evaluate.triggered.control_patch", lambda trig: white)
+    import corruptencoder.evaluate.controls as controls
+
+    fake = (replace(controls.CONTROLS[0], make=lambda trig: white), *controls.CONTROLS[1:])
+    monkeypatch.setattr(controls, "CONTROLS", fake)
     t = scorer.score([EvalTarget("fish", "fish", np.full((4, 4, 3), 255, np.uint8))])["targets"][0]
     assert t["control_asr"] == t["asr"] == 100.0
+
+
+class _WhiteThenBlack(torch.nn.Module):
+    """A one-feature 'encoder': the share of white pixels with a black pixel to their right (one backdoored to an
+    arrangement of its trigger's colours, not to the colours)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from corruptencoder.ssl.augment import IMAGENET_MEAN, IMAGENET_STD
+
+        v = x * torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        white, black = v.amin(1) >= 0.98, v.amax(1) <= 0.02
+        return (white[..., :-1] & black[..., 1:]).float().mean((1, 2)).unsqueeze(1)
+
+
+def test_rotated_control_tells_a_backdoor_keyed_to_the_arrangement_from_one_keyed_to_the_colours(
+        task_root: Path, encoder_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    task = load_task(TaskConfig(root=str(task_root), image_size=16))
+    probe = LinearProbe(torch.tensor([[0.0], [0.0], [1000.0]]), torch.tensor([0.5, 0.0, 0.0]), torch.zeros(1),
+                        torch.ones(1))  # fish when the feature is above zero
+    trigger = np.full((4, 4, 3), 128, np.uint8)
+    trigger[:, 0], trigger[:, 1] = 255, 0  # columns white, black, grey, grey: turned round, black comes first
+    for encoder, keyed in ((_WhiteThenBlack(), True), (_WhitePixels(), False)):
+        scorer = Scorer(encoder_file, task, EvalSettings())
+        scorer.encoder = encoder  # type: ignore[assignment]
+        monkeypatch.setattr(Scorer, "probe", lambda self: (probe, self.features(task.test.files, "t"),
+                                                           torch.tensor(task.test.labels)))
+        t = scorer.score([EvalTarget("fish", "fish", trigger)])["targets"][0]
+        assert t["asr"] == 100.0 and t["control_asr"] == 0.0 and t["solid_control_asr"] is None
+        # keyed to white-then-black: the turned trigger scores nothing; keyed to white pixels: it scores all
+        assert t["rotated_control_asr"] == (0.0 if keyed else 100.0)
 
 
 def test_control_patch_is_a_fixed_random_patch_of_the_triggers_size_never_the_trigger() -> None:
@@ -126,6 +161,29 @@ def test_solid_control_is_a_far_solid_colour_for_a_solid_trigger_only() -> None:
     two = purple.copy()
     two[0, 0] = 0
     assert solid_control_patch(two) is None
+
+
+def test_rotated_control_is_the_trigger_turned_round_or_mirrored_never_the_trigger() -> None:
+    from corruptencoder.evaluate.controls import control_set_key
+
+    rng = np.random.default_rng(0)
+    trig = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    patch = rotated_control_patch(trig)
+    assert patch is not None and patch.shape == (5, 7, 3) and patch.flags.c_contiguous
+    assert np.array_equal(patch, trig[::-1, ::-1]) and not np.array_equal(patch, trig)
+    assert sorted(map(tuple, patch.reshape(-1, 3))) == sorted(map(tuple, trig.reshape(-1, 3)))  # the same pixels
+    a, b = (255, 0, 0), (0, 0, 255)
+    checker = np.array([[a, b], [b, a]], np.uint8)  # unchanged when turned round: mirrored instead
+    assert np.array_equal(rotated_control_patch(checker), checker[:, ::-1])
+    ring = np.zeros((3, 3, 3), np.uint8)
+    ring[1, 1] = 255  # unchanged by every turn and mirror: no rotated control
+    assert rotated_control_patch(ring) is None
+    purple = np.full((4, 4, 3), (128, 0, 128), np.uint8)
+    assert rotated_control_patch(purple) is None
+    # the evaluation cache key: the control sets of before the rotated control keep their keys (1 and 2)
+    assert control_set_key([ring]) == 1 and control_set_key([purple]) == 2
+    assert control_set_key([trig]) == ["control_asr", "rotated_control_asr"]
+    assert control_set_key([trig, purple]) == ["control_asr", "solid_control_asr", "rotated_control_asr"]
 
 
 def test_reference_images_are_excluded_from_tests(task_root: Path, tmp_path: Path) -> None:

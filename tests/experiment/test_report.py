@@ -109,14 +109,23 @@ def test_defence_table_takes_the_no_attack_arm_not_the_base_it_continues() -> No
 
 
 def _verdict(asr: float, clean: float, control: float | None = None, control_clean: float | None = None,
-             solid: float | None = None, solid_clean: float | None = None) -> str:
+             solid: float | None = None, solid_clean: float | None = None, rotated: float | None = None,
+             rotated_clean: float | None = None) -> str:
     from corruptencoder.experiment.report import demo_verdict
 
     agg = {"epoch": "final", "sweep": None, "attack": "corruptencoder", "defence": "none", "asr": asr,
            "no_attack_asr": clean, "reference_accuracy": 100.0, "pull_delta": 0.1, "pull_delta_clean": 0.02,
            "control_asr": control, "control_asr_clean": control_clean, "solid_control_asr": solid,
-           "solid_control_asr_clean": solid_clean}
+           "solid_control_asr_clean": solid_clean, "rotated_control_asr": rotated,
+           "rotated_control_asr_clean": rotated_clean}
     return demo_verdict({"aggregates": [agg]})
+
+
+def test_demo_verdict_says_whether_a_patterned_trigger_is_keyed_to_its_arrangement() -> None:
+    assert "answers the trigger's arrangement" in _verdict(40.0, 2.0, 3.0, 2.0, rotated=10.0, rotated_clean=3.0)
+    assert "in any arrangement" in _verdict(40.0, 2.0, 3.0, 2.0, rotated=30.0, rotated_clean=3.0)
+    assert "rotated control" not in _verdict(40.0, 2.0, 3.0, 2.0)  # measured before it
+    assert "rotated control" not in _verdict(5.0, 2.0, 3.0, 2.0, rotated=4.0)  # no backdoor: no control reading
 
 
 def test_demo_verdict_says_whether_a_solid_trigger_is_keyed_to_its_colour() -> None:
@@ -136,6 +145,9 @@ def test_main_table_has_a_solid_control_column_only_where_a_trigger_is_solid() -
     assert "| control ASR | solid control ASR |" in lines[0]
     assert "| 3.0 | – |" in lines[2] and "| 3.0 | 4.5 |" in lines[3]
     assert all(line.count("|") == lines[0].count("|") for line in lines)
+    lines = main_table([a | {"rotated_control_asr": 7.5}, a | {"arm": "ce-purple", "solid_control_asr": 4.5}])
+    assert "| control ASR | solid control ASR | rotated control ASR |" in lines[0]
+    assert "| 3.0 | – | 7.5 |" in lines[2] and "| 3.0 | 4.5 | – |" in lines[3]
 
 
 def test_demo_verdict_says_whether_the_backdoor_answers_its_own_trigger() -> None:

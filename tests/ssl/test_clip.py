@@ -115,6 +115,7 @@ def test_zero_shot_asr_arithmetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert t["asr"] == 100.0 and t["n_triggered"] == 8
     assert t["control_asr"] == 100.0  # it answers any patch (here: no patch at all) as the target
     assert t["solid_control_asr"] == 100.0  # the black trigger is solid: a white patch is scored too
+    assert t["rotated_control_asr"] is None  # and turning it round changes nothing
 
     # with the evaluation's trigger_jpeg_quality, the zero-shot's triggered and control images go through JPEG
     # as the probe's do (they did not before)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from corruptencoder.errors import UserError
+from corruptencoder.evaluate.controls import CONTROLS, control_scores
 from corruptencoder.evaluate.features import FeatureCache, cache_key, extract_features, file_digest
 from corruptencoder.evaluate.linear_probe import LinearProbe, ProbeConfig, train_augmented_probe, train_linear_probe
 from corruptencoder.evaluate.metrics import (
@@ -31,7 +32,7 @@ from corruptencoder.evaluate.metrics import (
     target_rate,
 )
 from corruptencoder.evaluate.tasks import Task
-from corruptencoder.evaluate.triggered import TriggerPaste, control_scores, pasted_inputs, resize_trigger
+from corruptencoder.evaluate.triggered import TriggerPaste, pasted_inputs, resize_trigger
 from corruptencoder.poison.geometry import Box
 from corruptencoder.utils.imageio import load_rgb, open_image
 
@@ -389,9 +390,8 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
     for i, t in enumerate(enc["targets"]):
         c = clean["targets"][i] if clean else None
         rows.append({"target": t["name"], "class": t["class"], "asr": t["asr"],
-                     "no_attack_asr": c["asr"] if c else None, "control_asr": t.get("control_asr"),
-                     "solid_control_asr": t.get("solid_control_asr"), "reference_accuracy": t["reference_accuracy"],
-                     "pull_delta": t["pull"].get("delta")})
+                     "no_attack_asr": c["asr"] if c else None, **{k.key: t.get(k.key) for k in CONTROLS},
+                     "reference_accuracy": t["reference_accuracy"], "pull_delta": t["pull"].get("delta")})
     return {"ba" if clean else "accuracy": enc["accuracy"], "ca": clean["accuracy"] if clean else None, "targets": rows}
 
 
@@ -402,18 +402,20 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"CA {s['ca']:.2f}   BA {s['ba']:.2f}   (test images: {result['encoder']['n_test']})")
     else:
         lines.append(f"accuracy {s['accuracy']:.2f}   (test images: {result['encoder']['n_test']})")
-    lines.append(f"{'target':<18}{'class':<18}{'ASR':>8}{'no-attack':>11}{'control':>9}{'solid':>7}{'ref.acc':>9}"
-                 f"{'pull':>8}")
+    shown = [c for c in CONTROLS if c.always or any(r.get(c.key) is not None for r in s["targets"])]
+    lines.append(f"{'target':<18}{'class':<18}{'ASR':>8}{'no-attack':>11}" + "".join(f"{c.short:>9}" for c in shown)
+                 + f"{'ref.acc':>9}{'pull':>8}")
     for r in s["targets"]:
         na = "" if r["no_attack_asr"] is None else f"{r['no_attack_asr']:.2f}"
-        cp = "" if r.get("control_asr") is None else f"{r['control_asr']:.2f}"
-        sc = "" if r.get("solid_control_asr") is None else f"{r['solid_control_asr']:.2f}"
+        cs = "".join(f"{'' if r.get(c.key) is None else format(r[c.key], '.2f'):>9}" for c in shown)
         ra = "" if r["reference_accuracy"] is None else f"{r['reference_accuracy']:.1f}"
         pd = "" if r["pull_delta"] is None else f"{r['pull_delta']:+.3f}"
-        lines.append(f"{r['target']:<18}{str(r['class']):<18}{r['asr']:>8.2f}{na:>11}{cp:>9}{sc:>7}{ra:>9}{pd:>8}")
+        lines.append(f"{r['target']:<18}{str(r['class']):<18}{r['asr']:>8.2f}{na:>11}{cs}{ra:>9}{pd:>8}")
     lines.append("control: the ASR with an unrelated random patch of the trigger's size (near the no-attack ASR "
                  "when the backdoor answers its own trigger only); solid: with a solid patch of a far colour, for "
-                 "a solid trigger (near the no-attack ASR when it answers the trigger's colour, not any solid patch)")
+                 "a solid trigger (near the no-attack ASR when it answers the trigger's colour, not any solid "
+                 "patch); rotated: with the trigger turned 180 degrees, for a patterned trigger (near the no-attack "
+                 "ASR when it answers the trigger's arrangement, not only its colours)")
     return "\n".join(lines)
 
 

@@ -14,10 +14,11 @@ from typing import Any, cast
 
 import torch
 
+from corruptencoder.evaluate.controls import control_scores
 from corruptencoder.evaluate.features import extract_features
 from corruptencoder.evaluate.metrics import accuracy, attack_success_rate, per_class_accuracy, prediction_histogram
 from corruptencoder.evaluate.tasks import Task
-from corruptencoder.evaluate.triggered import TriggerPaste, control_scores, pasted_inputs, resize_trigger
+from corruptencoder.evaluate.triggered import TriggerPaste, pasted_inputs, resize_trigger
 
 
 def prompt_names(task: Task, targets: Sequence[Any]) -> list[str]:

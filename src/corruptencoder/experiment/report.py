@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from corruptencoder.errors import UserError
+from corruptencoder.evaluate.controls import CONTROLS, Control, verdict_lines
 
 
 def _fmt(v: Any, std: Any = None, digits: int = 1) -> str:
@@ -29,19 +30,24 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return out
 
 
+def shown_controls(rows: Sequence[dict[str, Any]], prefix: str = "") -> list[Control]:
+    """The specificity controls with a column: the random patch always, the others where a row has them (the
+    solid control only where a trigger is solid)."""
+    return [c for c in CONTROLS if c.always or any(a.get(prefix + c.key) is not None for a in rows)]
+
+
 def main_table(aggs: Sequence[dict[str, Any]]) -> list[str]:
     rows = [a for a in aggs if a["epoch"] == "final" and a["sweep"] is None]
-    solid = any(a.get("solid_control_asr") is not None for a in rows)  # the column only where a trigger is solid
+    controls = shown_controls(rows)
     body = []
     for a in rows:
         body.append([a["arm"], a["method"], a["defence"], a["target"], _fmt(a["ca"], a["ca_std"]),
                      _fmt(a["ba"], a["ba_std"]), _fmt(a["asr"], a["asr_std"]), _fmt(a["no_attack_asr"]),
-                     _fmt(a.get("control_asr")), *([_fmt(a.get("solid_control_asr"))] if solid else []),
-                     _fmt(a["reference_accuracy"]),
+                     *[_fmt(a.get(c.key)) for c in controls], _fmt(a["reference_accuracy"]),
                      _fmt(a["pull_delta"], None, 3) + " / " + _fmt(a["pull_delta_clean"], None, 3),
                      f"{a.get('top_triggered_class') or '–'} ({_fmt(a.get('top_triggered_share'))}%)"])
-    return _table(["arm", "method", "defence", "target", "CA", "BA", "ASR", "no-attack ASR", "control ASR",
-                   *(["solid control ASR"] if solid else []), "ref. acc", "pull Δ (attacked / clean)",
+    return _table(["arm", "method", "defence", "target", "CA", "BA", "ASR", "no-attack ASR",
+                   *[f"{c.name} ASR" for c in controls], "ref. acc", "pull Δ (attacked / clean)",
                    "top triggered class"], body)
 
 
@@ -152,12 +158,12 @@ def detection_table(aggs: Sequence[dict[str, Any]]) -> list[str]:
 def zero_shot_table(aggs: Sequence[dict[str, Any]]) -> list[str]:
     """CLIP arms scored with the text tower and the prompts instead of a probe (beyond the paper)."""
     rows = [a for a in aggs if a["epoch"] == "final" and a["sweep"] is None and a.get("zs_ca") is not None]
-    solid = any(a.get("zs_solid_control_asr") is not None for a in rows)
+    controls = shown_controls(rows, "zs_")
     body = [[a["arm"], a["target"], _fmt(a["zs_ca"], a.get("zs_ca_std")), _fmt(a["zs_ba"], a.get("zs_ba_std")),
-             _fmt(a["zs_asr"], a.get("zs_asr_std")), _fmt(a["zs_no_attack_asr"]), _fmt(a.get("zs_control_asr")),
-             *([_fmt(a.get("zs_solid_control_asr"))] if solid else [])] for a in rows]
-    return _table(["arm", "target", "CA", "BA", "ASR", "no-attack ASR", "control ASR",
-                   *(["solid control ASR"] if solid else [])], body) if body else []
+             _fmt(a["zs_asr"], a.get("zs_asr_std")), _fmt(a["zs_no_attack_asr"]),
+             *[_fmt(a.get("zs_" + c.key)) for c in controls]] for a in rows]
+    return _table(["arm", "target", "CA", "BA", "ASR", "no-attack ASR", *[f"{c.name} ASR" for c in controls]],
+                  body) if body else []
 
 
 def training_table(aggs: Sequence[dict[str, Any]]) -> list[str]:
@@ -207,7 +213,9 @@ def write_report(run_dir: Path, result: dict[str, Any]) -> Path:
               "non-target test images predicted as the target. control ASR: the same with an unrelated random patch of "
               "the trigger's size (near the no-attack ASR if the backdoor answers its own trigger only); solid control "
               "ASR, for a solid trigger: the same with a solid patch of a far colour (near the no-attack ASR if it "
-              "answers the trigger's colour, not any solid patch). ref. acc: "
+              "answers the trigger's colour, not any solid patch); rotated control ASR, for a patterned trigger: the "
+              "same with the trigger turned 180 degrees (near the no-attack ASR if it answers the trigger's "
+              "arrangement, not only its colours). ref. acc: "
               "reference objects the downstream classifier labels as the target (roughly the ceiling on ASR). pull Δ: "
               "mean cosine of triggered minus clean test images to the reference objects' mean embedding (the "
               "backdoor in feature space).", ""]
@@ -345,17 +353,7 @@ def demo_verdict(result: dict[str, Any]) -> str:
     else:
         lines.append(f"The backdoor did NOT form at this scale ({lift:+.1f} points over the no-attack baseline is "
                      "within noise). " + BASE_SPREAD + " " + SCALE_FINDINGS)
-    control = ce.get("control_asr")
-    if control is not None and lift >= 10:
-        # the control's lift over the same patch on the clean encoder, against half the trigger's own lift
-        keyed = control - (ce.get("control_asr_clean") or 0.0) < lift / 2
-        lines.append(f"An unrelated random patch of the trigger's size scores {control:.1f} % (control ASR): "
-                     + ("the backdoor answers its own trigger." if keyed else
-                        "the backdoor is not specific to its trigger; it answers a patch of this kind."))
-        solid = ce.get("solid_control_asr")
-        if solid is not None:
-            colour_keyed = solid - (ce.get("solid_control_asr_clean") or 0.0) < lift / 2  # the same test
-            lines.append(f"A solid patch of a far colour scores {solid:.1f} % (solid control ASR): "
-                         + ("it answers the trigger's colour, not any solid patch." if colour_keyed else
-                            "it answers any solid patch of this size, not the trigger's colour."))
+    if lift >= 10:
+        # each control's lift over the same patch on the clean encoder, against half the trigger's own lift
+        lines += verdict_lines(ce, lift)
     return "\n".join(lines)

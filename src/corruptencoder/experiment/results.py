@@ -17,15 +17,18 @@ from typing import Any
 import numpy as np
 
 from corruptencoder import __version__
+from corruptencoder.evaluate.controls import CONTROLS
 from corruptencoder.experiment.config import ArmSpec, ExperimentConfig
 from corruptencoder.utils.hardware import describe as describe_hardware
 from corruptencoder.utils.outputs import write_json_atomic
 
-METRICS = ("ca", "ba", "asr", "no_attack_asr", "control_asr", "control_asr_clean", "solid_control_asr",
-           "solid_control_asr_clean", "reference_accuracy", "reference_accuracy_clean", "object_crop_accuracy",
-           "pull_triggered", "pull_clean", "pull_delta", "pull_delta_clean", "clean_target_rate",
-           "top_triggered_share", "zs_ca", "zs_ba", "zs_asr", "zs_no_attack_asr", "zs_control_asr",
-           "zs_solid_control_asr", "detect_precision", "detect_recall", "detect_auroc", "decree_pl1",
+#: each specificity control's ASR on the attacked encoder and on its clean twin (evaluate/controls.CONTROLS)
+CONTROL_METRICS = tuple(k for c in CONTROLS for k in (c.key, c.key + "_clean"))
+ZS_CONTROL_METRICS = tuple("zs_" + c.key for c in CONTROLS)
+METRICS = ("ca", "ba", "asr", "no_attack_asr", *CONTROL_METRICS, "reference_accuracy", "reference_accuracy_clean",
+           "object_crop_accuracy", "pull_triggered", "pull_clean", "pull_delta", "pull_delta_clean",
+           "clean_target_rate", "top_triggered_share", "zs_ca", "zs_ba", "zs_asr", "zs_no_attack_asr",
+           *ZS_CONTROL_METRICS, "detect_precision", "detect_recall", "detect_auroc", "decree_pl1",
            "decree_pl1_clean", "decree_detected", "decree_detected_clean", "defence_seconds")
 KEYS = ("arm", "attack", "method", "defence", "sweep", "sweep_value", "target", "task", "epoch")
 
@@ -54,10 +57,8 @@ def collect_rows(cfg: ExperimentConfig, arm: ArmSpec, seed: int, task: str, epoc
             "seed": seed, "target": t["name"], "task": task, "epoch": epoch if epoch is not None else "final",
             "ca": clean["accuracy"], "ba": enc["accuracy"] if arm.attack != "none" else None,
             "asr": t["asr"], "no_attack_asr": c["asr"],
-            # the ASR of an unrelated patch (evaluate/triggered.control_patch); None in metrics of before it
-            "control_asr": t.get("control_asr"), "control_asr_clean": c.get("control_asr"),
-            # a solid patch of a far colour, for a solid trigger (evaluate/triggered.solid_control_patch)
-            "solid_control_asr": t.get("solid_control_asr"), "solid_control_asr_clean": c.get("solid_control_asr"),
+            # the specificity controls (evaluate/controls); None where one does not apply or in metrics of before it
+            **{k: v for ctl in CONTROLS for k, v in ((ctl.key, t.get(ctl.key)), (ctl.key + "_clean", c.get(ctl.key)))},
             "reference_accuracy": t["reference_accuracy"], "reference_accuracy_clean": c["reference_accuracy"],
             "object_crop_accuracy": t["object_crop_accuracy"],
             "pull_triggered": t["pull"].get("triggered"), "pull_clean": t["pull"].get("clean"),
@@ -87,8 +88,7 @@ def collect_rows(cfg: ExperimentConfig, arm: ArmSpec, seed: int, task: str, epoc
             rows[-1].update({"zs_ca": zs["clean_encoder"]["accuracy"],
                              "zs_ba": zs["encoder"]["accuracy"] if arm.attack != "none" else None,
                              "zs_asr": zt["asr"], "zs_no_attack_asr": zc["asr"],
-                             "zs_control_asr": zt.get("control_asr"),
-                             "zs_solid_control_asr": zt.get("solid_control_asr")})
+                             **{"zs_" + k.key: zt.get(k.key) for k in CONTROLS}})
     return rows
 
 
@@ -220,12 +220,12 @@ def multimodal_checks(aggs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 CSV_COLUMNS = ("experiment", "arm", "attack", "method", "defence", "sweep", "sweep_value", "seed", "target", "task",
-               "epoch", "ca", "ba", "asr", "no_attack_asr", "control_asr", "control_asr_clean", "solid_control_asr",
-               "solid_control_asr_clean", "reference_accuracy", "reference_accuracy_clean", "object_crop_accuracy",
+               "epoch", "ca", "ba", "asr", "no_attack_asr", *CONTROL_METRICS, "reference_accuracy",
+               "reference_accuracy_clean", "object_crop_accuracy",
                "pull_triggered", "pull_clean", "pull_delta", "pull_delta_clean", "clean_target_rate",
                "top_triggered_class", "top_triggered_share", "n_test", "n_triggered", "num_poisons", "poison_ratio",
                "pretrain_seconds", "pretrain_peak_rss_mb", "pretrain_peak_gpu_mb", "epochs_trained", "zs_ca", "zs_ba",
-               "zs_asr", "zs_no_attack_asr", "zs_control_asr", "zs_solid_control_asr", "defence_label",
+               "zs_asr", "zs_no_attack_asr", *ZS_CONTROL_METRICS, "defence_label",
                "detect_precision", "detect_recall", "detect_auroc", "decree_pl1", "decree_pl1_clean", "decree_verdict",
                "decree_detected", "decree_detected_clean", "defence_seconds", "trials", "trained_on")
 

@@ -350,8 +350,9 @@ class Runner:
     def eval_key(self, arm: ArmSpec, seed: int, encoder: Path, clean: Path, poisons: Path | None,
                  task_name: str, image_size: int) -> tuple[str, Any, list[Any], tuple[int, int] | None]:
         """The evaluation's cache key (from the encoders' bytes, so it exists once they do), with what it hashed."""
+        from corruptencoder.evaluate.controls import control_set_key
         from corruptencoder.evaluate.features import file_digest
-        from corruptencoder.evaluate.triggered import is_solid
+        from corruptencoder.evaluate.triggered import resize_trigger
 
         e = self.cfg.evaluation
         tcfg = self.task_config(task_name, image_size)
@@ -362,9 +363,9 @@ class Runner:
                                    sorted(t.references), sorted(t.support), len(t.object_crops)) for t in targets],
                       "probe": [e.probe, e.probe_epochs], "loc": list(e.location), "ets": ets, "seed": seed,
                       "jpeg": e.trigger_jpeg_quality,
-                      # metrics with a control-patch ASR (1), and a solid control for a solid trigger (2): the key
-                      # of a random trigger's evaluation stays as it was
-                      "control": 2 if any(is_solid(t.trigger) for t in targets) else 1,
+                      # the specificity controls that apply (1: the random patch, 2: and the solid one, as keyed
+                      # before evaluate/controls.CONTROLS; since the rotated control, a list of metric keys)
+                      "control": control_set_key([resize_trigger(t.trigger, ets) for t in targets]),
                       # zero-shot through JPEG too (before, only the probe was): a new key only where that matters
                       **({"zs_jpeg": 1} if e.zero_shot and e.trigger_jpeg_quality else {}),
                       **({"text": [t.text for t in targets]} if any(t.text for t in targets) else {}),

@@ -1,0 +1,128 @@
+"""Specificity controls: patches a backdoor keyed to its trigger should not answer (beyond the paper).
+
+The ASR alone cannot tell "this trigger -> target" from "a patch of this kind -> target" (measured on the
+demo world: README, "Where the backdoor forms" and "On image-text pairs"). Every target is therefore also
+scored with the controls below, pasted at the trigger's own spots; each gives an ASR on the attacked encoder
+and on its clean twin. A control whose ASR stays near the clean twin's says the backdoor is keyed to what the
+control changed. One registry, :data:`CONTROLS`, feeds the scorers (probe and zero-shot), the result rows and
+CSV, the report's columns and verdict and the benchmarks' ledgers, so a new control is one entry here.
+
+Torch-free on purpose: the report and result code import it without the model stack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from corruptencoder.poison.triggers import TriggerSpec, make_trigger
+
+#: the control patch's seed: no default trigger seed of a target (a crc32 of its name) is drawn this way, and
+#: :func:`control_patch` steps past a user's trigger that happens to equal it
+CONTROL_SEED = 1_000_003
+
+#: the solid control's colours: the RGB cube's corners, the one farthest from the trigger's colour is used
+SOLID_CONTROL_COLOURS = ((0, 255, 0), (255, 255, 0), (0, 255, 255), (255, 0, 0), (0, 0, 255), (255, 0, 255),
+                         (255, 255, 255), (0, 0, 0))
+
+
+def control_patch(trigger: np.ndarray) -> np.ndarray:
+    """A per-pixel random patch of ``trigger``'s size that is not ``trigger`` (the specificity control)."""
+    h, w = trigger.shape[:2]
+    seed = CONTROL_SEED
+    while True:
+        patch = make_trigger(TriggerSpec("random", (w, h), seed))
+        if not np.array_equal(patch, trigger):
+            return patch
+        seed += 1
+
+
+def is_solid(trigger: np.ndarray) -> bool:
+    """One colour everywhere (a purple or white trigger, not a random or image one)."""
+    flat = trigger.reshape(-1, trigger.shape[-1])
+    return bool(flat.size) and bool((flat == flat[0]).all())
+
+
+def solid_control_patch(trigger: np.ndarray) -> np.ndarray | None:
+    """For a solid trigger, a solid patch of its size in the corner colour farthest from it (green for purple,
+    black for white); ``None`` for any other trigger, whose kind the random control already is."""
+    if not is_solid(trigger):
+        return None
+    c = trigger.reshape(-1, trigger.shape[-1])[0].astype(np.int64)
+    colour = max(SOLID_CONTROL_COLOURS, key=lambda k: int(((np.array(k) - c) ** 2).sum()))  # first of ties
+    return np.broadcast_to(np.array(colour, np.uint8), trigger.shape).copy()
+
+
+def rotated_control_patch(trigger: np.ndarray) -> np.ndarray | None:
+    """The trigger turned 180 degrees (mirrored left-right, else top-bottom, where that leaves it unchanged):
+    the same pixels and colours in another arrangement, so a patterned trigger (random noise, colour blocks, the
+    smooth pattern, an image file such as the authors' ``trigger_10.png``) gets a control of its own kind.
+    ``None`` where every such turn leaves it unchanged (a solid trigger: the solid control covers it)."""
+    for patch in (trigger[::-1, ::-1], trigger[:, ::-1], trigger[::-1, :]):
+        if not np.array_equal(patch, trigger):
+            return np.ascontiguousarray(patch)
+    return None
+
+
+@dataclass(frozen=True)
+class Control:
+    """One specificity control: its metric key, its name in tables, how its patch is made from the trigger
+    (``None``: it does not apply), and the demo verdict's two readings."""
+
+    key: str
+    name: str
+    make: Callable[[np.ndarray], np.ndarray | None]
+    what: str       # "<what> scores X %" in the verdict, and the report's legend
+    keyed: str      # the reading when its lift stays under half the trigger's
+    not_keyed: str  # the reading otherwise
+    short: str      # its word in compact cells (the evaluate table, benchmark ledgers)
+    always: bool = False  # a table column even where no row has it
+
+
+CONTROLS: tuple[Control, ...] = (
+    Control("control_asr", "control", control_patch, "An unrelated random patch of the trigger's size",
+            "the backdoor answers its own trigger.",
+            "the backdoor is not specific to its trigger; it answers a patch of this kind.", "control", always=True),
+    Control("solid_control_asr", "solid control", solid_control_patch, "A solid patch of a far colour",
+            "it answers the trigger's colour, not any solid patch.",
+            "it answers any solid patch of this size, not the trigger's colour.", "solid"),
+    Control("rotated_control_asr", "rotated control", rotated_control_patch,
+            "The trigger turned 180 degrees (the same pixels, another arrangement)",
+            "it answers the trigger's arrangement, not only its colours.",
+            "it answers the trigger's colours or texture in any arrangement, not its pattern.", "rotated"),
+)
+
+#: what the evaluation cache key recorded for the control sets of before the registry (metrics with these keys
+#: stay cached); any other set is keyed by its metric keys
+_LEGACY_SETS = {("control_asr",): 1, ("control_asr", "solid_control_asr"): 2}
+
+
+def control_set_key(triggers: Sequence[np.ndarray]) -> int | list[str]:
+    """The controls that apply to any of ``triggers``, for an evaluation's cache key."""
+    keys = tuple(c.key for c in CONTROLS if any(c.make(t) is not None for t in triggers))
+    return _LEGACY_SETS.get(keys, list(keys))
+
+
+def control_scores(trigger: np.ndarray, asr: Callable[[np.ndarray, str], float]) -> dict[str, float | None]:
+    """The specificity controls' ASRs, ``asr(patch, progress label)``, by metric key; ``None`` where a control does
+    not apply to the trigger. One place for the probe and the zero-shot scorer."""
+    out: dict[str, float | None] = {}
+    for c in CONTROLS:
+        patch = c.make(trigger)
+        out[c.key] = None if patch is None else round(asr(patch, c.name), 3)
+    return out
+
+
+def verdict_lines(row: dict[str, float | None], lift: float) -> list[str]:
+    """One sentence per control a row has: keyed when the control's lift over its clean twin is under half the
+    trigger's own lift over the no-attack ASR."""
+    lines = []
+    for c in CONTROLS:
+        value = row.get(c.key)
+        if value is None:
+            continue
+        keyed = value - (row.get(c.key + "_clean") or 0.0) < lift / 2
+        lines.append(f"{c.what} scores {value:.1f} % ({c.name} ASR): " + (c.keyed if keyed else c.not_keyed))
+    return lines
