@@ -30,10 +30,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from corruptencoder.evaluate.controls import CONTROLS
+from corruptencoder.evaluate.controls import CONTROL_METRICS, CONTROLS
 from corruptencoder.experiment.config import load_experiment
 from corruptencoder.experiment.figures import pyplot, save
-from corruptencoder.experiment.results import CONTROL_METRICS
 from corruptencoder.experiment.runner import run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]

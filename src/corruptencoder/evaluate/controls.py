@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -94,6 +95,18 @@ CONTROLS: tuple[Control, ...] = (
             "it answers the trigger's colours or texture in any arrangement, not its pattern.", "rotated"),
 )
 
+#: each control's ASR on the attacked encoder and on its clean twin, as result-row and CSV fields
+CONTROL_METRICS = tuple(k for c in CONTROLS for k in (c.key, c.key + "_clean"))
+#: each control's zero-shot ASR on the attacked encoder
+ZS_CONTROL_METRICS = tuple("zs_" + c.key for c in CONTROLS)
+
+
+def shown_controls(rows: Sequence[dict[str, Any]], prefix: str = "") -> list[Control]:
+    """The controls with a table column: the random patch always, the others where a row has them (the solid
+    control only where a trigger is solid); ``prefix`` "zs_" reads the zero-shot fields."""
+    return [c for c in CONTROLS if c.always or any(r.get(prefix + c.key) is not None for r in rows)]
+
+
 #: what the evaluation cache key recorded for the control sets of before the registry (metrics with these keys
 #: stay cached); any other set is keyed by its metric keys
 _LEGACY_SETS = {("control_asr",): 1, ("control_asr", "solid_control_asr"): 2}
@@ -101,7 +114,7 @@ _LEGACY_SETS = {("control_asr",): 1, ("control_asr", "solid_control_asr"): 2}
 
 def control_set_key(triggers: Sequence[np.ndarray]) -> int | list[str]:
     """The controls that apply to any of ``triggers``, for an evaluation's cache key."""
-    keys = tuple(c.key for c in CONTROLS if any(c.make(t) is not None for t in triggers))
+    keys = tuple(c.key for c in CONTROLS if c.always or any(c.make(t) is not None for t in triggers))
     return _LEGACY_SETS.get(keys, list(keys))
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from corruptencoder.errors import UserError
-from corruptencoder.evaluate.controls import CONTROLS, control_scores
+from corruptencoder.evaluate.controls import CONTROLS, control_scores, shown_controls
 from corruptencoder.evaluate.features import FeatureCache, cache_key, extract_features, file_digest
 from corruptencoder.evaluate.linear_probe import LinearProbe, ProbeConfig, train_augmented_probe, train_linear_probe
 from corruptencoder.evaluate.metrics import (
@@ -402,7 +402,7 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"CA {s['ca']:.2f}   BA {s['ba']:.2f}   (test images: {result['encoder']['n_test']})")
     else:
         lines.append(f"accuracy {s['accuracy']:.2f}   (test images: {result['encoder']['n_test']})")
-    shown = [c for c in CONTROLS if c.always or any(r.get(c.key) is not None for r in s["targets"])]
+    shown = shown_controls(s["targets"])
     lines.append(f"{'target':<18}{'class':<18}{'ASR':>8}{'no-attack':>11}" + "".join(f"{c.short:>9}" for c in shown)
                  + f"{'ref.acc':>9}{'pull':>8}")
     for r in s["targets"]:

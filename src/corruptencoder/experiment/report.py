@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from corruptencoder.errors import UserError
-from corruptencoder.evaluate.controls import CONTROLS, Control, verdict_lines
+from corruptencoder.evaluate.controls import shown_controls, verdict_lines
 
 
 def _fmt(v: Any, std: Any = None, digits: int = 1) -> str:
@@ -28,12 +28,6 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     # a '|' inside a cell (e.g. "|BA - CA|") would split it: escape it
     out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
     return out
-
-
-def shown_controls(rows: Sequence[dict[str, Any]], prefix: str = "") -> list[Control]:
-    """The specificity controls with a column: the random patch always, the others where a row has them (the
-    solid control only where a trigger is solid)."""
-    return [c for c in CONTROLS if c.always or any(a.get(prefix + c.key) is not None for a in rows)]
 
 
 def main_table(aggs: Sequence[dict[str, Any]]) -> list[str]:

@@ -17,14 +17,11 @@ from typing import Any
 import numpy as np
 
 from corruptencoder import __version__
-from corruptencoder.evaluate.controls import CONTROLS
+from corruptencoder.evaluate.controls import CONTROL_METRICS, CONTROLS, ZS_CONTROL_METRICS
 from corruptencoder.experiment.config import ArmSpec, ExperimentConfig
 from corruptencoder.utils.hardware import describe as describe_hardware
 from corruptencoder.utils.outputs import write_json_atomic
 
-#: each specificity control's ASR on the attacked encoder and on its clean twin (evaluate/controls.CONTROLS)
-CONTROL_METRICS = tuple(k for c in CONTROLS for k in (c.key, c.key + "_clean"))
-ZS_CONTROL_METRICS = tuple("zs_" + c.key for c in CONTROLS)
 METRICS = ("ca", "ba", "asr", "no_attack_asr", *CONTROL_METRICS, "reference_accuracy", "reference_accuracy_clean",
            "object_crop_accuracy", "pull_triggered", "pull_clean", "pull_delta", "pull_delta_clean",
            "clean_target_rate", "top_triggered_share", "zs_ca", "zs_ba", "zs_asr", "zs_no_attack_asr",
