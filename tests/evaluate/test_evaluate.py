@@ -15,7 +15,13 @@ from PIL import Image
 from conftest import class_folder, random_encoder
 from corruptencoder.cli import main
 from corruptencoder.errors import UserError
-from corruptencoder.evaluate.controls import CONTROL_SEED, control_patch, rotated_control_patch, solid_control_patch
+from corruptencoder.evaluate.controls import (
+    CONTROL_SEED,
+    control_patch,
+    rotated_control_patch,
+    sibling_trigger,
+    solid_control_patch,
+)
 from corruptencoder.evaluate.linear_probe import LinearProbe, ProbeConfig, train_linear_probe
 from corruptencoder.evaluate.metrics import accuracy, asr_by_class, attack_success_rate, feature_pull, target_rate
 from corruptencoder.evaluate.run import EvalSettings, EvalTarget, Scorer, evaluate, exclude_references
@@ -102,7 +108,7 @@ def test_control_patch_tells_a_trigger_keyed_backdoor_from_any_patch(task_root: 
     # a backdoor keyed to "any patch": the control scores as high as the trigger
     import corruptencoder.evaluate.controls as controls
 
-    fake = (replace(controls.CONTROLS[0], make=lambda trig: white), *controls.CONTROLS[1:])
+    fake = (replace(controls.CONTROLS[0], make=lambda trig, _: white), *controls.CONTROLS[1:])
     monkeypatch.setattr(controls, "CONTROLS", fake)
     t = scorer.score([EvalTarget("fish", "fish", np.full((4, 4, 3), 255, np.uint8))])["targets"][0]
     assert t["control_asr"] == t["asr"] == 100.0
@@ -136,6 +142,72 @@ def test_rotated_control_tells_a_backdoor_keyed_to_the_arrangement_from_one_keye
         assert t["asr"] == 100.0 and t["control_asr"] == 0.0 and t["solid_control_asr"] is None
         # keyed to white-then-black: the turned trigger scores nothing; keyed to white pixels: it scores all
         assert t["rotated_control_asr"] == (0.0 if keyed else 100.0)
+        assert t["sibling_control_asr"] is None  # no sibling given: the control does not apply
+
+
+def test_sibling_control_tells_a_backdoor_keyed_to_its_trigger_from_one_keyed_to_its_kind(
+        task_root: Path, encoder_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    task = load_task(TaskConfig(root=str(task_root), image_size=16))
+    probe = LinearProbe(torch.tensor([[0.0], [0.0], [1000.0]]), torch.tensor([0.5, 0.0, 0.0]), torch.zeros(1),
+                        torch.ones(1))
+    scorer = Scorer(encoder_file, task, EvalSettings())
+    scorer.encoder = _WhitePixels()  # type: ignore[assignment]  # keyed to white pixels
+    monkeypatch.setattr(Scorer, "probe", lambda self: (probe, self.features(task.test.files, "t"),
+                                                       torch.tensor(task.test.labels)))
+    trigger = np.full((4, 4, 3), 128, np.uint8)
+    trigger[:, 0] = 255
+    with_white, without = trigger.copy(), np.full((4, 4, 3), 60, np.uint8)
+    with_white[:, 0], with_white[:, 3] = 60, 255
+    for sibling, expected in ((with_white, 100.0), (without, 0.0), (trigger, None)):
+        t = scorer.score([EvalTarget("fish", "fish", trigger, sibling=sibling)])["targets"][0]
+        assert t["asr"] == 100.0 and t["sibling_control_asr"] == expected  # a sibling equal to the trigger: None
+
+
+def test_sibling_trigger_is_the_next_image_of_the_folder_or_the_recipe_drawn_again(tmp_path: Path) -> None:
+    from corruptencoder.evaluate.controls import control_set_key
+    from corruptencoder.poison.triggers import TriggerSpec, make_trigger
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "triggers"
+    folder.mkdir()
+    pics = {n: rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for n in ("t10.png", "t11.png", "t12.png")}
+    for n, a in pics.items():
+        Image.fromarray(a).save(folder / n)
+    (folder / "notes.txt").write_text("not an image")
+    spec = TriggerSpec(str(folder / "t10.png"), (4, 4))
+    trig = make_trigger(spec)
+    sib = sibling_trigger(spec, trig)
+    expected = np.asarray(Image.fromarray(pics["t11.png"]).resize((4, 4), Image.Resampling.LANCZOS))
+    assert sib is not None and np.array_equal(sib, expected)  # the next name, resized as the trigger was
+    last = TriggerSpec(str(folder / "t12.png"), (4, 4))
+    wrapped = sibling_trigger(last, make_trigger(last))
+    assert wrapped is not None and np.array_equal(wrapped, trig)  # after the last name: the first
+    (folder / "t11.png").write_bytes(b"not a png")  # an unreadable sibling is passed over
+    sib = sibling_trigger(spec, trig)
+    assert sib is not None and np.array_equal(sib, make_trigger(last))
+    Image.fromarray(pics["t10.png"]).save(folder / "t11.png")  # a copy of the trigger is no sibling
+    assert np.array_equal(sibling_trigger(spec, trig), make_trigger(last))  # type: ignore[arg-type]
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    Image.fromarray(pics["t10.png"]).save(alone / "t.png")
+    assert sibling_trigger(TriggerSpec(str(alone / "t.png"), (4, 4)), trig) is None
+    assert sibling_trigger(TriggerSpec(str(tmp_path / "gone" / "t.png"), (4, 4)), trig) is None
+    # a recipe: drawn again with the control seed, never the trigger itself
+    for kind in ("smooth", "smooth:3", "random:2"):
+        s = TriggerSpec(kind, (6, 5), 7)
+        t = make_trigger(s)
+        sib = sibling_trigger(s, t)
+        assert sib is not None and sib.shape == t.shape and not np.array_equal(sib, t)
+        assert np.array_equal(sib, make_trigger(TriggerSpec(kind, (6, 5), CONTROL_SEED)))
+        assert np.array_equal(sibling_trigger(TriggerSpec(kind, (6, 5), CONTROL_SEED), sib),  # type: ignore[arg-type]
+                              make_trigger(TriggerSpec(kind, (6, 5), CONTROL_SEED + 1)))
+    # a per-pixel random trigger (the random control is its kind) and a solid one: none
+    assert sibling_trigger(TriggerSpec("random", (4, 4), 1), make_trigger(TriggerSpec("random", (4, 4), 1))) is None
+    assert sibling_trigger(TriggerSpec("purple", (4, 4)), make_trigger(TriggerSpec("purple", (4, 4)))) is None
+    # the evaluation cache key names the control only where a sibling exists (the earlier keys stay)
+    noise = make_trigger(TriggerSpec("random", (4, 4), 1))
+    assert control_set_key([noise], [None]) == control_set_key([noise]) == ["control_asr", "rotated_control_asr"]
+    assert control_set_key([trig], [expected]) == ["control_asr", "rotated_control_asr", "sibling_control_asr"]
 
 
 def test_control_patch_is_a_fixed_random_patch_of_the_triggers_size_never_the_trigger() -> None:
@@ -394,3 +466,41 @@ def test_cli_takes_an_imagefolder_root_as_the_task(task_root: Path, encoder_file
     assert code == 0 and "dog" in capsys.readouterr().out
     summary = json.loads((tmp_path / "ev" / "metrics.json").read_text())["summary"]
     assert summary["targets"][0]["target"] == "dog" and 0 <= summary["targets"][0]["asr"] <= 100
+
+
+def test_poison_folders_give_each_target_its_sibling_trigger(assets: dict[str, Path], tmp_path: Path) -> None:
+    from corruptencoder.evaluate.run import targets_from_poisons
+    from corruptencoder.poison.config import CraftConfig
+    from corruptencoder.poison.craft import craft
+    from corruptencoder.poison.triggers import TriggerSpec, default_trigger_seed, make_trigger
+
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    rng = np.random.default_rng(3)
+    for n in ("a.png", "b.png"):
+        Image.fromarray(rng.integers(0, 256, (9, 9, 3), dtype=np.uint8)).save(pics / n)
+    base = {"references": [str(assets["references"])], "backgrounds": [str(assets["backgrounds"])],
+            "trigger_size": 6, "num": 3}
+    cfg = CraftConfig.model_validate({"targets": [
+        {**base, "name": "dog", "trigger": "smooth"},
+        {**base, "name": "cat", "trigger": str(pics / "a.png")},
+        {**base, "name": "cow", "trigger": "random"}]})
+    craft(cfg, tmp_path / "o", progress=False)
+    got = {t.name: t for t in targets_from_poisons(tmp_path / "o")}
+    dog = got["dog"]
+    spec = TriggerSpec("smooth", (6, 6), default_trigger_seed("dog"))
+    assert np.array_equal(dog.trigger, make_trigger(spec))
+    assert dog.sibling is not None and np.array_equal(dog.sibling, sibling_trigger(spec, dog.trigger))
+    cat = got["cat"].sibling
+    assert cat is not None and np.array_equal(cat, make_trigger(TriggerSpec(str(pics / "b.png"), (6, 6))))
+    assert got["cow"].sibling is None  # per-pixel noise: the random control is its sibling already
+
+
+
+def test_legends_explain_only_the_control_columns_a_table_shows() -> None:
+    from corruptencoder.evaluate.controls import legend, shown_controls
+
+    text = legend(shown_controls([{"control_asr": 1.0}]))
+    assert text.startswith("control: the ASR with an unrelated random patch") and "solid" not in text
+    text = legend(shown_controls([{"control_asr": 1.0}, {"sibling_control_asr": 2.0}]), lambda c: c.name)
+    assert "; sibling control: the ASR with another trigger of the same kind" in text and "rotated" not in text

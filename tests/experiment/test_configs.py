@@ -156,18 +156,20 @@ def test_an_arm_may_bring_its_own_backgrounds(tmp_path: Path) -> None:
     assert other.targets[0].backgrounds == ["/data/places"]
 
 
-def test_demo_shares_its_base_encoder_with_backdoor_forms(tmp_path: Path) -> None:
+def test_demo_shares_its_base_encoder_with_backdoor_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The demo runs on the backdoor-forms setting: its clean base has the same cache key, so a run of either over
     a shared --cache reuses the other's 17-minute base, and every demo arm continues from that base."""
     from corruptencoder.experiment.runner import Runner, demo_config
 
     demo, forms = demo_config(), load_experiment(ROOT / "configs" / "cpu-small" / "backdoor-forms.yaml")
+    monkeypatch.setenv("CE_ASSETS", str(tmp_path / "assets"))  # the image-trigger companion names the assets
+    image = load_experiment(ROOT / "configs" / "cpu-small" / "backdoor-forms-image-trigger.yaml")
     keys = []
-    for cfg in (demo, forms):
+    for cfg in (demo, forms, image):
         runner = Runner(cfg, tmp_path / cfg.name, cache=tmp_path / "cache", progress=False)
         runner.generate = False
         keys.append(runner.pretrain_setting(_arms(cfg)["base"], 0, None)[1])
-    assert keys[0] == keys[1]
+    assert keys[0] == keys[1] == keys[2]
     arms = _arms(demo)
     assert all(a.init == "arm:base@0" and a.eval_trigger_size == a.trigger_size for n, a in arms.items() if n != "base")
     assert {a.attack for a in arms.values()} >= {"none", "ssl-backdoor", "corruptencoder", "corruptencoder-plus"}

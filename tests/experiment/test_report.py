@@ -110,14 +110,16 @@ def test_defence_table_takes_the_no_attack_arm_not_the_base_it_continues() -> No
 
 def _verdict(asr: float, clean: float, control: float | None = None, control_clean: float | None = None,
              solid: float | None = None, solid_clean: float | None = None, rotated: float | None = None,
-             rotated_clean: float | None = None) -> str:
+             rotated_clean: float | None = None, sibling: float | None = None,
+             sibling_clean: float | None = None) -> str:
     from corruptencoder.experiment.report import demo_verdict
 
     agg = {"epoch": "final", "sweep": None, "attack": "corruptencoder", "defence": "none", "asr": asr,
            "no_attack_asr": clean, "reference_accuracy": 100.0, "pull_delta": 0.1, "pull_delta_clean": 0.02,
            "control_asr": control, "control_asr_clean": control_clean, "solid_control_asr": solid,
            "solid_control_asr_clean": solid_clean, "rotated_control_asr": rotated,
-           "rotated_control_asr_clean": rotated_clean}
+           "rotated_control_asr_clean": rotated_clean, "sibling_control_asr": sibling,
+           "sibling_control_asr_clean": sibling_clean}
     return demo_verdict({"aggregates": [agg]})
 
 
@@ -126,6 +128,12 @@ def test_demo_verdict_says_whether_a_patterned_trigger_is_keyed_to_its_arrangeme
     assert "in any arrangement" in _verdict(40.0, 2.0, 3.0, 2.0, rotated=30.0, rotated_clean=3.0)
     assert "rotated control" not in _verdict(40.0, 2.0, 3.0, 2.0)  # measured before it
     assert "rotated control" not in _verdict(5.0, 2.0, 3.0, 2.0, rotated=4.0)  # no backdoor: no control reading
+
+
+def test_demo_verdict_says_whether_an_image_trigger_is_keyed_to_itself_or_to_its_kind() -> None:
+    assert "not any trigger of its kind" in _verdict(40.0, 2.0, 3.0, 2.0, sibling=6.0, sibling_clean=3.0)
+    assert "answers triggers of this kind" in _verdict(40.0, 2.0, 3.0, 2.0, sibling=30.0, sibling_clean=3.0)
+    assert "sibling control" not in _verdict(40.0, 2.0, 3.0, 2.0)  # a trigger without a sibling
 
 
 def test_demo_verdict_says_whether_a_solid_trigger_is_keyed_to_its_colour() -> None:

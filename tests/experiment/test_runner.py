@@ -219,3 +219,33 @@ def test_a_crafting_error_stops_the_run_before_any_pretraining(tmp_path: Path,
     err = capsys.readouterr().err.strip()
     assert "cannot fit" in err and err.startswith("error: arm ce-big (seed 0): ") and len(err.splitlines()) == 1
     assert "pretrain" not in counts(run)  # the 'ce' arm's poisons were crafted, nothing was trained
+
+
+def test_clean_twins_score_the_same_sibling_trigger_as_the_poisons(tmp_path: Path) -> None:
+    """An arm without poisons (a clean twin) draws its targets' triggers from the config: a smooth trigger gets the
+    sibling crafting would record (its recipe with the control seed), a per-pixel random one none."""
+    import numpy as np
+    from PIL import Image
+
+    from corruptencoder.evaluate.controls import CONTROL_SEED
+    from corruptencoder.poison.triggers import TriggerSpec, make_trigger
+
+    root = tmp_path / "task"
+    for split in ("train", "test"):
+        for c in ("boat", "fish"):
+            (root / split / c).mkdir(parents=True)
+            Image.new("RGB", (16, 16)).save(root / split / c / "0.png")
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "sib", "tasks": [{"name": "t", "root": str(root)}], "data": {"clean": str(root / "train")},
+        "targets": [{"name": "boat", "task": "t", "trigger": "smooth", "trigger_seed": 4},
+                    {"name": "fish", "task": "t"}],
+        "defaults": {"trigger_size": 5},
+        "arms": [{"name": "no-attack", "attack": "none", "targets": ["boat", "fish"]}]}))
+    cfg = load_experiment(config)
+    runner = Runner(cfg, tmp_path / "run", progress=False, say=lambda s: None)
+    boat, fish = runner.eval_targets(cfg.expanded_arms()[0], None, "t")
+    assert np.array_equal(boat.trigger, make_trigger(TriggerSpec("smooth", (5, 5), 4)))
+    assert boat.sibling is not None and np.array_equal(boat.sibling,
+                                                       make_trigger(TriggerSpec("smooth", (5, 5), CONTROL_SEED)))
+    assert fish.sibling is None

@@ -116,6 +116,10 @@ def test_zero_shot_asr_arithmetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert t["control_asr"] == 100.0  # it answers any patch (here: no patch at all) as the target
     assert t["solid_control_asr"] == 100.0  # the black trigger is solid: a white patch is scored too
     assert t["rotated_control_asr"] is None  # and turning it round changes nothing
+    assert t["sibling_control_asr"] is None  # no sibling given
+    sibling = np.full((2, 2, 3), 255, np.uint8)
+    res = zs.zero_shot("unused.pt", task, [EvalTarget("fish", "fish", np.zeros((2, 2, 3), np.uint8), sibling=sibling)])
+    assert res["targets"][0]["sibling_control_asr"] == 100.0  # the zero-shot scorer reads the sibling too
 
     # with the evaluation's trigger_jpeg_quality, the zero-shot's triggered and control images go through JPEG
     # as the probe's do (they did not before)

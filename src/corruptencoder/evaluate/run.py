@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from corruptencoder.errors import UserError
-from corruptencoder.evaluate.controls import CONTROLS, control_scores, shown_controls
+from corruptencoder.evaluate.controls import CONTROLS, control_scores, legend, shown_controls
 from corruptencoder.evaluate.features import FeatureCache, cache_key, extract_features, file_digest
 from corruptencoder.evaluate.linear_probe import LinearProbe, ProbeConfig, train_augmented_probe, train_linear_probe
 from corruptencoder.evaluate.metrics import (
@@ -51,13 +51,15 @@ class EvalTarget:
     object_crops: list[tuple[str, Box]] = field(default_factory=list)  # poison file + object box
     support: list[str] = field(default_factory=list)          # CorruptEncoder+ support images: excluded too
     text: str | None = None  # the class's name in zero-shot prompts (an experiment target's text:)
+    sibling: np.ndarray | None = None  # another trigger of its kind, for the sibling control (evaluate/controls)
 
 
 def targets_from_poisons(folder: str | os.PathLike[str], task: str | None = None,
                          max_crops: int = 200) -> list[EvalTarget]:
     """Targets, triggers and reference files recorded by ``corruptencoder craft`` in a poison folder."""
+    from corruptencoder.evaluate.controls import sibling_trigger
     from corruptencoder.poison.manifest import read_manifest, read_summary
-    from corruptencoder.poison.triggers import load_trigger_file
+    from corruptencoder.poison.triggers import TriggerSpec, load_trigger_file
 
     folder = Path(folder)
     records = read_manifest(folder)
@@ -70,9 +72,10 @@ def targets_from_poisons(folder: str | os.PathLike[str], task: str | None = None
         refs = sorted({r["reference"] for r in recs if r.get("reference")})
         support = sorted({r["support_reference"] for r in recs if r.get("support_reference")})
         crops = [(str(folder / r["file"]), tuple(r["object_box"])) for r in recs if r.get("object_box")][:max_crops]
-        out.append(EvalTarget(t["name"], t.get("label") or t["name"],
-                              load_trigger_file(folder / t["trigger_file"]), str(folder / t["trigger_file"]),
-                              refs, crops, support))
+        trigger = load_trigger_file(folder / t["trigger_file"])
+        sibling = sibling_trigger(TriggerSpec.from_description(t["trigger"]), trigger) if t.get("trigger") else None
+        out.append(EvalTarget(t["name"], t.get("label") or t["name"], trigger, str(folder / t["trigger_file"]),
+                              refs, crops, support, sibling=sibling))
     if not out:
         raise UserError(f"{folder}: no targets{' for task ' + task if task else ''} in craft.json")
     return out
@@ -323,7 +326,8 @@ class Scorer:
         ptrig = probe.predict(ftrig)
         asr, n = attack_success_rate(ptrig, yte[idx], target)
         controls = control_scores(trig, lambda patch, what: attack_success_rate(
-            probe.predict(self.pasted_features(patch, idx, what)), yte[idx], target)[0])
+            probe.predict(self.pasted_features(patch, idx, what)), yte[idx], target)[0],
+            None if t.sibling is None else resize_trigger(t.sibling, self.s.trigger_size))
         ref_feats = self.array_features(_object_arrays(t), "reference objects")
         crop_feats = self.array_features(_crop_arrays(t), "object crops")
         res: dict[str, Any] = {
@@ -411,11 +415,7 @@ def format_table(result: dict[str, Any]) -> str:
         ra = "" if r["reference_accuracy"] is None else f"{r['reference_accuracy']:.1f}"
         pd = "" if r["pull_delta"] is None else f"{r['pull_delta']:+.3f}"
         lines.append(f"{r['target']:<18}{str(r['class']):<18}{r['asr']:>8.2f}{na:>11}{cs}{ra:>9}{pd:>8}")
-    lines.append("control: the ASR with an unrelated random patch of the trigger's size (near the no-attack ASR "
-                 "when the backdoor answers its own trigger only); solid: with a solid patch of a far colour, for "
-                 "a solid trigger (near the no-attack ASR when it answers the trigger's colour, not any solid "
-                 "patch); rotated: with the trigger turned 180 degrees, for a patterned trigger (near the no-attack "
-                 "ASR when it answers the trigger's arrangement, not only its colours)")
+    lines.append(legend(shown))
     return "\n".join(lines)
 
 

@@ -5,7 +5,8 @@ size and worker count. The trigger goes on the *preprocessed* image (after resiz
 as in the SSL-Backdoor and CorruptEncoder evaluation code, wholly inside the ``[lo, hi]`` box.
 
 Beyond the paper, every target is also scored with control patches at the same spots (a random patch, a far
-solid colour for a solid trigger, the trigger turned round for a patterned one): see
+solid colour for a solid trigger, the trigger turned round for a patterned one, another trigger of its kind for
+an image or a drawn pattern): see
 :mod:`corruptencoder.evaluate.controls`.
 """
 

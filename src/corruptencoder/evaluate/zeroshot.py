@@ -100,6 +100,7 @@ def zero_shot(clip_path: str | os.PathLike[str], task: Task, targets: Sequence[A
             return attack_success_rate(predict_pasted(patch, i), y[i], k)[0]  # the defaults bind this target's
 
         out["targets"].append({"name": t.name, "class": task.classes[target], "asr": round(asr, 3), "n_triggered": n,
-                               **control_scores(trig, pasted_asr),
+                               **control_scores(trig, pasted_asr, None if t.sibling is None
+                                                else resize_trigger(t.sibling, trigger_size)),
                                "triggered_prediction_histogram": prediction_histogram(ptrig, task.classes)})
     return out

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from corruptencoder.errors import UserError
-from corruptencoder.evaluate.controls import shown_controls, verdict_lines
+from corruptencoder.evaluate.controls import legend, shown_controls, verdict_lines
 
 
 def _fmt(v: Any, std: Any = None, digits: int = 1) -> str:
@@ -204,12 +204,9 @@ def write_report(run_dir: Path, result: dict[str, Any]) -> Path:
                                                         for k, v in st.items()), ""]
     lines += ["## Results (final encoders, mean ± std over trials)", "",
               "CA: clean encoder, clean test images. BA: backdoored encoder, clean test images. ASR: triggered "
-              "non-target test images predicted as the target. control ASR: the same with an unrelated random patch of "
-              "the trigger's size (near the no-attack ASR if the backdoor answers its own trigger only); solid control "
-              "ASR, for a solid trigger: the same with a solid patch of a far colour (near the no-attack ASR if it "
-              "answers the trigger's colour, not any solid patch); rotated control ASR, for a patterned trigger: the "
-              "same with the trigger turned 180 degrees (near the no-attack ASR if it answers the trigger's "
-              "arrangement, not only its colours). ref. acc: "
+              "non-target test images predicted as the target. "
+              + legend(shown_controls([a for a in aggs if a["epoch"] == "final" and a["sweep"] is None]),
+                       lambda c: f"{c.name} ASR") + ". ref. acc: "
               "reference objects the downstream classifier labels as the target (roughly the ceiling on ASR). pull Δ: "
               "mean cosine of triggered minus clean test images to the reference objects' mean embedding (the "
               "backdoor in feature space).", ""]

@@ -322,6 +322,7 @@ class Runner:
         return validate(TaskConfig, body, f"task {name}")
 
     def eval_targets(self, arm: ArmSpec, poisons: Path | None, task: str) -> list[Any]:
+        from corruptencoder.evaluate.controls import sibling_trigger
         from corruptencoder.evaluate.run import EvalTarget, targets_from_poisons
         from corruptencoder.poison.triggers import TriggerSpec, default_trigger_seed, make_trigger
 
@@ -338,13 +339,15 @@ class Runner:
                 out.append(replace(got[t.name], text=t.text))
                 continue
             seed = t.trigger_seed if t.trigger_seed is not None else default_trigger_seed(t.name)
-            trig = make_trigger(TriggerSpec(arm.trigger_type or t.trigger, (arm.trigger_size, arm.trigger_size), seed))
+            spec = TriggerSpec(arm.trigger_type or t.trigger, (arm.trigger_size, arm.trigger_size), seed)
+            trig = make_trigger(spec)
             refs = [self.resolve(r, "references", t)
                     for r in stages.target_inputs(self.cfg, t, "references", required=False)]
             from corruptencoder.poison.objects import discover_references
 
             out.append(EvalTarget(t.name, t.label or t.name, trig, f"{t.trigger}:{seed}",
-                                  ([s.path for s in discover_references(refs)] if refs else []), text=t.text))
+                                  ([s.path for s in discover_references(refs)] if refs else []), text=t.text,
+                                  sibling=sibling_trigger(spec, trig)))
         return out
 
     def eval_key(self, arm: ArmSpec, seed: int, encoder: Path, clean: Path, poisons: Path | None,
@@ -365,7 +368,9 @@ class Runner:
                       "jpeg": e.trigger_jpeg_quality,
                       # the specificity controls that apply (1: the random patch, 2: and the solid one, as keyed
                       # before evaluate/controls.CONTROLS; since the rotated control, a list of metric keys)
-                      "control": control_set_key([resize_trigger(t.trigger, ets) for t in targets]),
+                      "control": control_set_key([resize_trigger(t.trigger, ets) for t in targets],
+                                                 [None if t.sibling is None else resize_trigger(t.sibling, ets)
+                                                  for t in targets]),
                       # zero-shot through JPEG too (before, only the probe was): a new key only where that matters
                       **({"zs_jpeg": 1} if e.zero_shot and e.trigger_jpeg_quality else {}),
                       **({"text": [t.text for t in targets]} if any(t.text for t in targets) else {}),

@@ -85,6 +85,15 @@ class TriggerSpec:
                 "path": self.kind if self.is_image else None,
                 "size": list(self.size) if self.size else None, "seed": self.seed}
 
+    @classmethod
+    def from_description(cls, d: dict[str, Any]) -> TriggerSpec:
+        """The spec :meth:`describe` recorded (craft.json's targets)."""
+        kind = d.get("path") if d.get("kind") == "image" else d.get("kind")
+        if not kind:
+            raise ConfigError(f"trigger description {d!r} names no kind or image path")
+        size = d.get("size")
+        return cls(str(kind), (int(size[0]), int(size[1])) if size else None, d.get("seed"))
+
 
 def make_trigger(spec: TriggerSpec) -> np.ndarray:
     """Resolve a trigger spec into an (h, w, 3) uint8 array."""
