@@ -258,10 +258,14 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    from corruptencoder.errors import UserError
+    from corruptencoder.errors import Interrupted, UserError
 
     try:
         sys.exit(main())
     except UserError as exc:  # a trigger that cannot fit, a missing path: one line, as the CLI
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except Interrupted as exc:  # SIGINT / SIGTERM: where the stopped encoder's checkpoint is, as the CLI says it
+        print(f"error: interrupted by {exc.signal_name}; {exc.note or 'nothing half-written was left behind'}",
+              file=sys.stderr)
+        sys.exit(exc.exit_code)
