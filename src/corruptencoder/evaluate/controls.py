@@ -35,10 +35,15 @@ SOLID_CONTROL_COLOURS = ((0, 255, 0), (255, 255, 0), (0, 255, 255), (255, 0, 0),
 
 def control_patch(trigger: np.ndarray) -> np.ndarray:
     """A per-pixel random patch of ``trigger``'s size that is not ``trigger`` (the specificity control)."""
+    return _redrawn("random", trigger)
+
+
+def _redrawn(kind: str, trigger: np.ndarray) -> np.ndarray:
+    """``kind`` drawn at ``trigger``'s size with the control seed, stepping past a draw equal to the trigger."""
     h, w = trigger.shape[:2]
     seed = CONTROL_SEED
     while True:
-        patch = make_trigger(TriggerSpec("random", (w, h), seed))
+        patch = make_trigger(TriggerSpec(kind, (w, h), seed))
         if not np.array_equal(patch, trigger):
             return patch
         seed += 1
@@ -77,24 +82,16 @@ def sibling_trigger(spec: TriggerSpec, trigger: np.ndarray) -> np.ndarray | None
     is trigger_11), for ``smooth[:N]`` and ``random:N`` the same recipe drawn with the control seed. ``None`` for a
     per-pixel random trigger (the random control is already its kind drawn again), a solid one (the solid control
     covers it) and an image whose folder holds no other readable image, or is gone (poisons moved elsewhere)."""
-    h, w = trigger.shape[:2]
     if spec.is_image:
         return _sibling_image(Path(spec.kind), trigger)
     if spec.kind == "random" or is_solid(trigger):
         return None
-    seed = CONTROL_SEED
-    while True:
-        patch = make_trigger(TriggerSpec(spec.kind, (w, h), seed))
-        if not np.array_equal(patch, trigger):
-            return patch
-        seed += 1
+    return _redrawn(spec.kind, trigger)
 
 
 def _sibling_image(path: Path, trigger: np.ndarray) -> np.ndarray | None:
-    from PIL import Image
-
-    from corruptencoder.errors import ImageError
-    from corruptencoder.utils.imageio import is_image_file, load_rgb
+    from corruptencoder.errors import UserError
+    from corruptencoder.utils.imageio import is_image_file
 
     try:
         names = sorted(p.name for p in path.parent.iterdir() if p.name != path.name and is_image_file(p))
@@ -103,14 +100,11 @@ def _sibling_image(path: Path, trigger: np.ndarray) -> np.ndarray | None:
     h, w = trigger.shape[:2]
     later = [n for n in names if n > path.name]
     for name in later + [n for n in names if n < path.name]:  # the next one in name order, then from the start
-        try:
-            im = load_rgb(path.parent / name)
-        except (ImageError, OSError) as e:
+        try:  # sized as the trigger was
+            patch = make_trigger(TriggerSpec(str(path.parent / name), (w, h)))
+        except (UserError, OSError) as e:
             log.warning("sibling control: skipped %s (%s)", path.parent / name, e)
             continue
-        if im.size != (w, h):
-            im = im.resize((w, h), Image.Resampling.LANCZOS)  # as make_trigger sizes an image trigger
-        patch = np.asarray(im, dtype=np.uint8).copy()
         if not np.array_equal(patch, trigger):
             return patch
     return None

@@ -53,6 +53,10 @@ class EvalTarget:
     text: str | None = None  # the class's name in zero-shot prompts (an experiment target's text:)
     sibling: np.ndarray | None = None  # another trigger of its kind, for the sibling control (evaluate/controls)
 
+    def sized(self, size: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """The trigger and its sibling at the evaluation's trigger size (``None``: as crafted)."""
+        return resize_trigger(self.trigger, size), None if self.sibling is None else resize_trigger(self.sibling, size)
+
 
 def targets_from_poisons(folder: str | os.PathLike[str], task: str | None = None,
                          max_crops: int = 200) -> list[EvalTarget]:
@@ -321,13 +325,12 @@ class Scorer:
                      yte: torch.Tensor) -> dict[str, Any]:
         target = self.task.class_index(t.class_name)
         idx = torch.nonzero(yte != target).flatten()
-        trig = resize_trigger(t.trigger, self.s.trigger_size)
+        trig, sibling = t.sized(self.s.trigger_size)
         ftrig = self.pasted_features(trig, idx, f"triggered ({t.name})")
         ptrig = probe.predict(ftrig)
         asr, n = attack_success_rate(ptrig, yte[idx], target)
         controls = control_scores(trig, lambda patch, what: attack_success_rate(
-            probe.predict(self.pasted_features(patch, idx, what)), yte[idx], target)[0],
-            None if t.sibling is None else resize_trigger(t.sibling, self.s.trigger_size))
+            probe.predict(self.pasted_features(patch, idx, what)), yte[idx], target)[0], sibling)
         ref_feats = self.array_features(_object_arrays(t), "reference objects")
         crop_feats = self.array_features(_crop_arrays(t), "object crops")
         res: dict[str, Any] = {

@@ -18,7 +18,7 @@ from corruptencoder.evaluate.controls import control_scores
 from corruptencoder.evaluate.features import extract_features
 from corruptencoder.evaluate.metrics import accuracy, attack_success_rate, per_class_accuracy, prediction_histogram
 from corruptencoder.evaluate.tasks import Task
-from corruptencoder.evaluate.triggered import TriggerPaste, pasted_inputs, resize_trigger
+from corruptencoder.evaluate.triggered import TriggerPaste, pasted_inputs
 
 
 def prompt_names(task: Task, targets: Sequence[Any]) -> list[str]:
@@ -92,7 +92,7 @@ def zero_shot(clip_path: str | os.PathLike[str], task: Task, targets: Sequence[A
     for t in targets:
         target = task.class_index(t.class_name)
         idx = torch.nonzero(y != target).flatten()
-        trig = resize_trigger(t.trigger, trigger_size)
+        trig, sibling = t.sized(trigger_size)
         ptrig = predict_pasted(trig, idx)
         asr, n = attack_success_rate(ptrig, y[idx], target)
 
@@ -100,7 +100,6 @@ def zero_shot(clip_path: str | os.PathLike[str], task: Task, targets: Sequence[A
             return attack_success_rate(predict_pasted(patch, i), y[i], k)[0]  # the defaults bind this target's
 
         out["targets"].append({"name": t.name, "class": task.classes[target], "asr": round(asr, 3), "n_triggered": n,
-                               **control_scores(trig, pasted_asr, None if t.sibling is None
-                                                else resize_trigger(t.sibling, trigger_size)),
+                               **control_scores(trig, pasted_asr, sibling),
                                "triggered_prediction_histogram": prediction_histogram(ptrig, task.classes)})
     return out

@@ -30,8 +30,13 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return out
 
 
+def _final(aggs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The main table's rows: final encoders, not sweep points."""
+    return [a for a in aggs if a["epoch"] == "final" and a["sweep"] is None]
+
+
 def main_table(aggs: Sequence[dict[str, Any]]) -> list[str]:
-    rows = [a for a in aggs if a["epoch"] == "final" and a["sweep"] is None]
+    rows = _final(aggs)
     controls = shown_controls(rows)
     body = []
     for a in rows:
@@ -205,8 +210,7 @@ def write_report(run_dir: Path, result: dict[str, Any]) -> Path:
     lines += ["## Results (final encoders, mean ± std over trials)", "",
               "CA: clean encoder, clean test images. BA: backdoored encoder, clean test images. ASR: triggered "
               "non-target test images predicted as the target. "
-              + legend(shown_controls([a for a in aggs if a["epoch"] == "final" and a["sweep"] is None]),
-                       lambda c: f"{c.name} ASR") + ". ref. acc: "
+              + legend(shown_controls(_final(aggs)), lambda c: f"{c.name} ASR") + ". ref. acc: "
               "reference objects the downstream classifier labels as the target (roughly the ceiling on ASR). pull Δ: "
               "mean cosine of triggered minus clean test images to the reference objects' mean embedding (the "
               "backdoor in feature space).", ""]

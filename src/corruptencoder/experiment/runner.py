@@ -355,12 +355,12 @@ class Runner:
         """The evaluation's cache key (from the encoders' bytes, so it exists once they do), with what it hashed."""
         from corruptencoder.evaluate.controls import control_set_key
         from corruptencoder.evaluate.features import file_digest
-        from corruptencoder.evaluate.triggered import resize_trigger
 
         e = self.cfg.evaluation
         tcfg = self.task_config(task_name, image_size)
         ets = (arm.eval_trigger_size, arm.eval_trigger_size) if arm.eval_trigger_size else None
         targets = self.eval_targets(arm, poisons, task_name)
+        sized = [t.sized(ets) for t in targets]  # trigger and sibling as the evaluation pastes them
         key = digest({"enc": file_digest(encoder), "clean": file_digest(clean), "task": tcfg.model_dump(mode="json"),
                       "targets": [(t.name, t.class_name, hashlib.sha256(t.trigger.tobytes()).hexdigest(),
                                    sorted(t.references), sorted(t.support), len(t.object_crops)) for t in targets],
@@ -368,9 +368,7 @@ class Runner:
                       "jpeg": e.trigger_jpeg_quality,
                       # the specificity controls that apply (1: the random patch, 2: and the solid one, as keyed
                       # before evaluate/controls.CONTROLS; since the rotated control, a list of metric keys)
-                      "control": control_set_key([resize_trigger(t.trigger, ets) for t in targets],
-                                                 [None if t.sibling is None else resize_trigger(t.sibling, ets)
-                                                  for t in targets]),
+                      "control": control_set_key([trig for trig, _ in sized], [sib for _, sib in sized]),
                       # zero-shot through JPEG too (before, only the probe was): a new key only where that matters
                       **({"zs_jpeg": 1} if e.zero_shot and e.trigger_jpeg_quality else {}),
                       **({"text": [t.text for t in targets]} if any(t.text for t in targets) else {}),
