@@ -170,6 +170,14 @@ def test_demo_shares_its_base_encoder_with_backdoor_forms(tmp_path: Path, monkey
         runner.generate = False
         keys.append(runner.pretrain_setting(_arms(cfg)["base"], 0, None)[1])
     assert keys[0] == keys[1] == keys[2]
+    # the image-trigger arms drawn per base (init "arm:base") continue backdoor-forms' bases of seeds 1 and 2 too
+    bases = [Runner(cfg, tmp_path / cfg.name, cache=tmp_path / "cache", progress=False) for cfg in (forms, image)]
+    for r in bases:
+        r.generate = False
+    assert _arms(image)["trigger-10/corruptencoder"].init == "arm:base"
+    for seed in (1, 2):
+        k = [r.pretrain_setting(_arms(r.cfg)["base"], seed, None)[1] for r in bases]
+        assert k[0] == k[1]
     arms = _arms(demo)
     assert all(a.init == "arm:base@0" and a.eval_trigger_size == a.trigger_size for n, a in arms.items() if n != "base")
     assert {a.attack for a in arms.values()} >= {"none", "ssl-backdoor", "corruptencoder", "corruptencoder-plus"}
