@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -164,19 +165,21 @@ def test_demo_shares_its_base_encoder_with_backdoor_forms(tmp_path: Path, monkey
     demo, forms = demo_config(), load_experiment(ROOT / "configs" / "cpu-small" / "backdoor-forms.yaml")
     monkeypatch.setenv("CE_ASSETS", str(tmp_path / "assets"))  # the image-trigger companion names the assets
     image = load_experiment(ROOT / "configs" / "cpu-small" / "backdoor-forms-image-trigger.yaml")
-    keys = []
+    runners = []
     for cfg in (demo, forms, image):
         runner = Runner(cfg, tmp_path / cfg.name, cache=tmp_path / "cache", progress=False)
         runner.generate = False
-        keys.append(runner.pretrain_setting(_arms(cfg)["base"], 0, None)[1])
+        runners.append(runner)
+
+    def base_keys(seed: int, among: Sequence[Runner]) -> list[str]:
+        return [r.pretrain_setting(_arms(r.cfg)["base"], seed, None)[1] for r in among]
+
+    keys = base_keys(0, runners)
     assert keys[0] == keys[1] == keys[2]
     # the image-trigger arms drawn per base (init "arm:base") continue backdoor-forms' bases of seeds 1 and 2 too
-    bases = [Runner(cfg, tmp_path / cfg.name, cache=tmp_path / "cache", progress=False) for cfg in (forms, image)]
-    for r in bases:
-        r.generate = False
     assert _arms(image)["trigger-10/corruptencoder"].init == "arm:base"
     for seed in (1, 2):
-        k = [r.pretrain_setting(_arms(r.cfg)["base"], seed, None)[1] for r in bases]
+        k = base_keys(seed, runners[1:])
         assert k[0] == k[1]
     arms = _arms(demo)
     assert all(a.init == "arm:base@0" and a.eval_trigger_size == a.trigger_size for n, a in arms.items() if n != "base")
